@@ -1,0 +1,75 @@
+"""dtimeout: durable, cancellable timeouts for distributed Python systems.
+
+Schedule "run Y unless X happens within N minutes" as a delayed message on the queue you already
+run; cancel it from any process when X happens; consumers run Y when the delay ends and nobody
+cancelled. See ``docs/concepts.md`` for the states and what ``cancel`` answers.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from dtimeout.clock import Clock, FakeClock, SystemClock
+from dtimeout.errors import (
+    ConfigurationError,
+    DtimeoutError,
+    InvalidTransitionError,
+    MalformedMessageError,
+    PayloadTooLargeError,
+    PluginError,
+    ProviderError,
+    SendFailedError,
+    StoreError,
+    TransportError,
+    UnknownSchemeError,
+    ValidationError,
+)
+from dtimeout.hookspecs import hookimpl
+from dtimeout.interfaces import ProviderInfo, Store, Transport, TransportCapabilities
+from dtimeout.model import CancelResult, DueTimeout, OrphanPolicy, Timeout, TimeoutState
+
+try:
+    __version__ = version("dtimeout")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0+unknown"
+
+
+def __getattr__(name: str) -> object:
+    # ``Timeouts`` pulls in the plugin manager and the consumer; import it on first use so that
+    # ``import dtimeout`` from a plugin's entry module stays cheap.
+    if name == "Timeouts":
+        from dtimeout.app import Timeouts
+
+        return Timeouts
+    raise AttributeError(f"module 'dtimeout' has no attribute {name!r}")
+
+
+__all__ = [
+    "CancelResult",
+    "Clock",
+    "ConfigurationError",
+    "DtimeoutError",
+    "DueTimeout",
+    "FakeClock",
+    "InvalidTransitionError",
+    "MalformedMessageError",
+    "OrphanPolicy",
+    "PayloadTooLargeError",
+    "PluginError",
+    "ProviderError",
+    "ProviderInfo",
+    "SendFailedError",
+    "Store",
+    "StoreError",
+    "SystemClock",
+    "Timeout",
+    "TimeoutState",
+    "Timeouts",
+    "Transport",
+    "TransportCapabilities",
+    "TransportError",
+    "UnknownSchemeError",
+    "ValidationError",
+    "__version__",
+    "hookimpl",
+]

@@ -1,0 +1,289 @@
+"""The two provider roles: :class:`Store` (keeps states) and :class:`Transport` (moves messages).
+
+A provider implements one or both. Both ABCs are batch-first — every call takes and returns a
+sequence in the same order — because round trips dominate cost on every real broker; a provider
+whose server has no batch form loops inside its method. Each item of a store batch is its own
+atomic transition (one Lua script, one SQL transaction); the batch as a whole is not atomic.
+
+Constructors of concrete providers accept a prebuilt SDK client so tests can inject one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dtimeout.clock import Clock
+from dtimeout.model import (
+    CancelResult,
+    ClaimResult,
+    OrphanPolicy,
+    ScheduleResult,
+    SettleResult,
+    Timeout,
+    TimeoutMessage,
+    TimeoutState,
+)
+
+# --------------------------------------------------------------------------------------------
+# Store
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRequest:
+    kind: str
+    key: str
+    due_at_ms: int
+    payload: Any
+    retention_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleOutcome:
+    result: ScheduleResult
+    timeout: Timeout  # the record as written
+    previous_handle: str | None = None  # ADVANCED: the superseded message's native handle
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    kind: str
+    key: str
+    request_id: str  # the same id on a re-send gets the first answer
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOutcome:
+    result: CancelResult
+    generation: int | None = None  # of the record (when there is one)
+    handle: str | None = None  # native-cancel handle of the cancelled message, if known
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    message: TimeoutMessage
+    owner: str  # lease token; the same token on a re-send wins the same claim again
+    lease_ms: int
+    max_attempts: int
+    orphan_policy: OrphanPolicy
+    retention_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimOutcome:
+    result: ClaimResult
+    timeout: Timeout | None = None  # the record after the claim (CLAIMED, NOT_DUE, BUSY, …)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRef:
+    """Names a lease: the generation a consumer claimed and its owner token."""
+
+    kind: str
+    key: str
+    generation: int
+    owner: str
+
+
+class Store(ABC):
+    """Keeps each timeout's record and applies the transitions of ``dtimeout.model`` atomically.
+
+    ``clock`` supplies "now". A store whose server has a clock of its own (Redis ``TIME``) uses
+    the server's time when ``clock`` is real, and the given clock when it is fake (tests).
+    """
+
+    name: str = "store"
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    @abstractmethod
+    def schedule(self, requests: Sequence[ScheduleRequest]) -> list[ScheduleOutcome]:
+        """Apply ``decide_schedule`` to each; a FIRING item answers REFUSED and writes nothing."""
+
+    @abstractmethod
+    def attach_handles(self, items: Sequence[tuple[str, str, int, str]]) -> None:
+        """Remember ``(kind, key, generation, handle)`` native-cancel handles (best effort)."""
+
+    @abstractmethod
+    def cancel(self, requests: Sequence[CancelRequest]) -> list[CancelOutcome]:
+        """Apply ``decide_cancel`` to each."""
+
+    @abstractmethod
+    def claim(self, requests: Sequence[ClaimRequest]) -> list[ClaimOutcome]:
+        """Apply ``decide_claim`` to each."""
+
+    @abstractmethod
+    def renew(self, leases: Sequence[LeaseRef], lease_ms: int) -> list[bool]:
+        """Apply ``decide_renew`` to each: True while the caller still holds the lease."""
+
+    @abstractmethod
+    def complete(self, leases: Sequence[LeaseRef]) -> list[SettleResult]:
+        """Apply ``decide_complete`` to each."""
+
+    @abstractmethod
+    def release(
+        self,
+        lease: LeaseRef,
+        *,
+        backoff_ms: int,
+        max_attempts: int,
+        error: str,
+        retention_ms: int,
+    ) -> tuple[SettleResult, Timeout | None]:
+        """Apply ``decide_release``; returns the answer and the record after it."""
+
+    @abstractmethod
+    def abandon(
+        self, kind: str, key: str, generation: int, state: TimeoutState, reason: str
+    ) -> SettleResult:
+        """Apply ``decide_abandon``."""
+
+    @abstractmethod
+    def get(self, kind: str, key: str) -> Timeout | None:
+        """The record, or None when there is none (never scheduled, or expired)."""
+
+    @abstractmethod
+    def list(
+        self, *, state: TimeoutState | None = None, kind: str | None = None, limit: int = 100
+    ) -> list[Timeout]:
+        """Records, optionally filtered, ordered by due time, at most ``limit``."""
+
+    def purge_expired(self) -> int:
+        """Forget records past their ``expires_ms``; returns how many. Stores with native
+        expiry (Redis) return 0."""
+        return 0
+
+    def ping(self) -> None:  # noqa: B027 - optional hook with a sensible default
+        """Raise a ``ProviderError`` when the store cannot be reached (``dtimeout check``)."""
+
+    def close(self) -> None:  # noqa: B027
+        """Release connections."""
+
+
+# --------------------------------------------------------------------------------------------
+# Transport
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TransportCapabilities:
+    """What a transport can do; dtimeout validates against these before talking to a broker."""
+
+    max_delay_ms: int | None  # longest native delay; longer ones are bridged by re-enqueueing
+    max_message_bytes: int
+    max_send_batch: int  # messages per send call
+    max_send_batch_bytes: int | None  # bytes per send call, when the broker limits it
+    max_receive_batch: int
+    native_cancel: bool  # ``cancel`` really removes a scheduled message
+    shared_across_processes: bool = True  # False only for ``memory://``
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    message_id: str  # ``kind:key:generation``: stable, usable for broker de-duplication
+    body: bytes
+    due_at_ms: int
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A received message, leased to this consumer until acked, retried or dead-lettered."""
+
+    message_id: str
+    body: bytes
+    receipt: Any  # transport-private: receipt handle, lock token, lease token…
+    delivery_count: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRef:
+    message_id: str
+    handle: str | None  # from ``send`` (Azure sequence number); None when ids suffice
+
+
+class Transport(ABC):
+    """Moves delayed messages. Never hands out a message before its due time, and never holds
+    a not-yet-due message in memory waiting for it (the classic source of duplicate fires)."""
+
+    name: str = "transport"
+    capabilities: TransportCapabilities
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    @abstractmethod
+    def send(self, messages: Sequence[OutgoingMessage]) -> list[str | None]:
+        """Enqueue each to become visible at its ``due_at_ms``; returns native handles (or None)
+        in the same order. Raises ``TransportError`` when any message was not accepted; the
+        error's ``failed`` attribute, when present, lists the ids that failed."""
+
+    @abstractmethod
+    def receive(self, max_messages: int, wait_seconds: float, lease_seconds: float) -> list[Delivery]:
+        """Up to ``max_messages`` due messages, each leased (invisible to others) for
+        ``lease_seconds``; waits up to ``wait_seconds`` when none is due. An empty list is the
+        normal "nothing due" answer."""
+
+    @abstractmethod
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Remove delivered messages for good."""
+
+    @abstractmethod
+    def retry_later(self, delivery: Delivery, delay_ms: int) -> None:
+        """Make the message visible again after ``delay_ms`` (longer than the native maximum is
+        bridged) without counting it as a failed delivery where the broker allows."""
+
+    @abstractmethod
+    def extend(self, delivery: Delivery, lease_seconds: float) -> None:
+        """Keep a delivery leased for another ``lease_seconds`` (a long handler's heartbeat)."""
+
+    @abstractmethod
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move the message where operators look for dead ones, with the reason."""
+
+    def cancel(self, refs: Sequence[CancelRef]) -> None:  # noqa: B027
+        """Remove scheduled messages natively, best effort (only when
+        ``capabilities.native_cancel``). The store has already decided; this saves a delivery."""
+
+    def ping(self) -> None:  # noqa: B027
+        """Raise a ``ProviderError`` when the transport cannot be reached (``dtimeout check``)."""
+
+    def close(self) -> None:  # noqa: B027
+        """Release connections."""
+
+    def stats(self) -> dict[str, int]:
+        """Counters worth reporting (requests made, bridging hops…)."""
+        return {}
+
+
+# --------------------------------------------------------------------------------------------
+# Registration (what plugins hand to ``register``)
+# --------------------------------------------------------------------------------------------
+
+
+TransportFactory = Callable[[str, Clock], Transport]
+StoreFactory = Callable[[str, Clock], Store]
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderInfo:
+    """One URL scheme a plugin serves in one role.
+
+    ``factory(url, clock)`` builds the live object; it is called only when the scheme is used,
+    so SDK imports belong inside it. ``transient_errors`` lists exception types of the provider's
+    SDK that the consumer's retry policy treats as transient (the provider's own
+    ``ProviderError(transient=True)`` always are).
+    """
+
+    scheme: str
+    name: str
+    factory: Callable[[str, Clock], Any]
+    description: str = ""
+    plugin: str = ""  # filled by the registry: the plugin that registered it
+    distribution: str | None = None  # filled by the registry
+    version: str | None = None  # filled by the registry
+    transient_errors: tuple[type[BaseException], ...] = ()

@@ -163,6 +163,10 @@ class Store(ABC):
     def close(self) -> None:  # noqa: B027
         """Release connections."""
 
+    def stats(self) -> dict[str, int]:
+        """Counters worth reporting (round trips made…)."""
+        return {}
+
 
 # --------------------------------------------------------------------------------------------
 # Transport
@@ -226,7 +230,10 @@ class Transport(ABC):
     def receive(self, max_messages: int, wait_seconds: float, lease_seconds: float) -> list[Delivery]:
         """Up to ``max_messages`` due messages, each leased (invisible to others) for
         ``lease_seconds``; waits up to ``wait_seconds`` when none is due. An empty list is the
-        normal "nothing due" answer."""
+        normal "nothing due" answer.
+
+        "Due" is judged by ``self.clock`` (or the server's clock when ours is real); the wait is
+        real time (never ``clock.sleep``: on a fake clock that would move time forward)."""
 
     @abstractmethod
     def ack(self, deliveries: Sequence[Delivery]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from dtimeout.app import BatchScheduleError, ScheduleItem, Timeouts
 from dtimeout.clock import Clock, FakeClock, SystemClock
 from dtimeout.errors import (
     ConfigurationError,
@@ -34,17 +35,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0+unknown"
 
 
-def __getattr__(name: str) -> object:
-    # ``Timeouts`` pulls in the plugin manager and the consumer; import it on first use so that
-    # ``import dtimeout`` from a plugin's entry module stays cheap.
-    if name == "Timeouts":
-        from dtimeout.app import Timeouts
-
-        return Timeouts
-    raise AttributeError(f"module 'dtimeout' has no attribute {name!r}")
-
-
 __all__ = [
+    "BatchScheduleError",
     "CancelResult",
     "Clock",
     "ConfigurationError",
@@ -58,6 +50,7 @@ __all__ = [
     "PluginError",
     "ProviderError",
     "ProviderInfo",
+    "ScheduleItem",
     "SendFailedError",
     "Store",
     "StoreError",

@@ -231,7 +231,7 @@ class TimeoutMessage:
 
     @classmethod
     def decode(cls, body: bytes | str) -> TimeoutMessage:
-        """Parse a body; raise :class:`MalformedMessageError` with the reason when it is not ours."""
+        """Parse a body; raise :class:`MalformedMessageError` saying why when it is not ours."""
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:

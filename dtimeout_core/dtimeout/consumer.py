@@ -1,0 +1,438 @@
+"""The consume loop: receive due messages, claim them in the store, run handlers, settle.
+
+``run()`` is a short loop over ``run_once()`` — one receive → claim → fire → settle cycle.
+Handlers run on up to ``concurrency`` worker threads; the loop receives only as many messages as
+it has free workers, so nothing waits in memory holding a lease it cannot use. Results are settled
+in batches (one ``complete`` and one ``ack`` call for all that finished), which keeps round trips
+per timeout low at load.
+
+Transient provider failures are retried by ``RetryPolicy``; when retries give up inside ``run()``
+the loop logs, backs off and resumes (a broker restart never kills a consumer). Handler
+exceptions release the timeout with exponential backoff and dead-letter it after
+``max_attempts``. A message that is not a dtimeout message, or whose kind has no handler, is
+dead-lettered with the reason — never retried forever, never stopping the loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from dtimeout.clock import to_datetime
+from dtimeout.errors import DtimeoutError, MalformedMessageError, ProviderError
+from dtimeout.interfaces import ClaimOutcome, ClaimRequest, Delivery, LeaseRef
+from dtimeout.model import (
+    ClaimResult,
+    DueTimeout,
+    SettleResult,
+    TimeoutMessage,
+    TimeoutState,
+)
+
+if TYPE_CHECKING:
+    from dtimeout.app import Timeouts
+
+log = logging.getLogger(__name__)
+
+_MAX_LATENESS_SAMPLES = 200_000
+_MIN_REQUEUE_MS = 10
+
+
+@dataclass
+class ConsumerStats:
+    """What a consumer did; ``lateness_ms`` holds up to 200,000 samples (handler start - due)."""
+
+    received: int = 0
+    fired: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    requeued: int = 0
+    orphans: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    lateness_ms: list[int] = field(default_factory=list)
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "fired": self.fired,
+            "failed": self.failed,
+            "dead_lettered": self.dead_lettered,
+            "requeued": self.requeued,
+            "orphans": self.orphans,
+            "dropped": dict(self.dropped),
+        }
+
+
+@dataclass
+class _Job:
+    delivery: Delivery
+    lease: LeaseRef
+    due: DueTimeout
+    started_ms: int = 0
+    error: BaseException | None = None
+    duration_ms: int = 0
+
+
+class Consumer:
+    """Runs the handlers of a :class:`~dtimeout.app.Timeouts` as their timeouts come due."""
+
+    def __init__(
+        self,
+        timeouts: Timeouts,
+        *,
+        concurrency: int = 1,
+        batch_size: int | None = None,
+        wait_seconds: float = 1.0,
+        heartbeat_seconds: float | None = None,
+        purge_every_seconds: float = 60.0,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.timeouts = timeouts
+        self.transport = timeouts.transport
+        self.store = timeouts.store
+        self.concurrency = concurrency
+        caps = self.transport.capabilities
+        self.batch_size = min(batch_size or max(10, concurrency), caps.max_receive_batch)
+        self.wait_seconds = wait_seconds
+        self.lease_seconds = timeouts.lease_ms / 1000
+        self.heartbeat_seconds = heartbeat_seconds or self.lease_seconds / 3
+        self.purge_every_seconds = purge_every_seconds
+        self.on_event = on_event
+        self.stats = ConsumerStats()
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._claims = 0
+        self._stop = threading.Event()
+        self._pool = (
+            ThreadPoolExecutor(concurrency, thread_name_prefix="dtimeout-handler")
+            if concurrency > 1
+            else None
+        )
+        self._inflight: dict[Future[_Job], _Job] = {}
+        self._heartbeat_at = time.monotonic() + self.heartbeat_seconds
+        self._purge_at = time.monotonic() + purge_every_seconds
+        self._stats_lock = threading.Lock()
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the current cycle; in-flight handlers finish. Thread-safe."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(
+        self,
+        *,
+        stop_when: Callable[[], bool] | None = None,
+        max_idle_seconds: float | None = None,
+    ) -> ConsumerStats:
+        """Consume until ``stop()``, ``stop_when()`` turns true, or nothing arrived for
+        ``max_idle_seconds`` (burst mode); then finish in-flight handlers and return the stats."""
+        idle_since = time.monotonic()
+        outage_wait = 0.5
+        try:
+            while not self._stop.is_set() and not (stop_when and stop_when()):
+                try:
+                    handled = self.run_once()
+                    outage_wait = 0.5
+                except ProviderError as exc:
+                    if not self.timeouts.retry.is_transient(exc):
+                        raise
+                    log.error("provider unavailable, backing off %.1fs: %s", outage_wait, exc)
+                    self._stop.wait(outage_wait)
+                    outage_wait = min(outage_wait * 2, 10.0)
+                    continue
+                now = time.monotonic()
+                if handled or self._inflight:
+                    idle_since = now
+                elif max_idle_seconds is not None and now - idle_since >= max_idle_seconds:
+                    break
+        finally:
+            self.drain()
+        return self.stats
+
+    def run_once(self) -> int:
+        """One cycle: settle finished handlers, receive what is due (as many as there are free
+        workers), claim, start handlers. Returns how many messages were received; 0 is the
+        normal "nothing due" answer."""
+        self._settle(block=False)
+        self._maintain()
+        free = self.concurrency - len(self._inflight)
+        if free <= 0:
+            self._settle(block=True)
+            return 0
+        wait_for = 0.0 if self._inflight else self.wait_seconds
+        deliveries = self._call(
+            lambda: self.transport.receive(
+                min(self.batch_size, free), wait_for, self.lease_seconds
+            ),
+            "transport.receive",
+        )
+        if not deliveries:
+            if self._inflight:
+                self._settle(block=True, timeout=min(self.wait_seconds, 0.05))
+            return 0
+        self.stats.received += len(deliveries)
+        self._dispatch(deliveries)
+        if self._pool is None:
+            self._settle(block=False)
+        return len(deliveries)
+
+    def drain(self) -> None:
+        """Wait for in-flight handlers and settle them (used on stop)."""
+        while self._inflight:
+            self._settle(block=True, timeout=0.5)
+            self._maintain()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    # -- one batch -------------------------------------------------------------------------------
+
+    def _dispatch(self, deliveries: list[Delivery]) -> None:
+        claims: list[tuple[Delivery, ClaimRequest]] = []
+        for delivery in deliveries:
+            try:
+                message = TimeoutMessage.decode(delivery.body)
+            except MalformedMessageError as exc:
+                self._dead_letter(delivery, f"malformed: {exc}")
+                continue
+            if message.kind not in self.timeouts.handlers:
+                reason = f"no handler for kind {message.kind!r}"
+                self._call(
+                    functools.partial(
+                        self.store.abandon,
+                        message.kind,
+                        message.key,
+                        message.generation,
+                        TimeoutState.DEAD,
+                        reason,
+                    ),
+                    "store.abandon",
+                )
+                self._dead_letter(delivery, reason)
+                continue
+            self._claims += 1
+            owner = f"{self.id}:{self._claims}"  # the same token on every retry of this claim
+            claims.append(
+                (
+                    delivery,
+                    ClaimRequest(
+                        message,
+                        owner,
+                        self.timeouts.lease_ms,
+                        self.timeouts.max_attempts,
+                        self.timeouts.orphans,
+                        self.timeouts.retention_ms,
+                    ),
+                )
+            )
+        if not claims:
+            return
+        outcomes = self._call(lambda: self.store.claim([c for _, c in claims]), "store.claim")
+        to_ack: list[Delivery] = []
+        for (delivery, request), outcome in zip(claims, outcomes, strict=True):
+            self._route(delivery, request, outcome, to_ack)
+        if to_ack:
+            self._call(lambda: self.transport.ack(to_ack), "transport.ack")
+
+    def _route(
+        self,
+        delivery: Delivery,
+        request: ClaimRequest,
+        outcome: ClaimOutcome,
+        to_ack: list[Delivery],
+    ) -> None:
+        result, record, message = outcome.result, outcome.timeout, request.message
+        if result is ClaimResult.CLAIMED:
+            assert record is not None
+            if record.orphan:
+                self.stats.orphans += 1
+                log.warning(
+                    "firing orphan %s: its record was missing (expired or wiped)",
+                    message.message_id,
+                )
+            due = DueTimeout(
+                record.kind,
+                record.key,
+                record.payload,
+                to_datetime(record.due_at_ms),
+                record.generation,
+                record.attempts,
+            )
+            lease = LeaseRef(record.kind, record.key, record.generation, request.owner)
+            self._start(_Job(delivery, lease, due))
+        elif result is ClaimResult.NOT_DUE or result is ClaimResult.BUSY:
+            assert record is not None
+            now = self.timeouts.clock.now_ms()
+            until = record.due_at_ms if result is ClaimResult.NOT_DUE else record.lease_expires_ms
+            delay = max(_MIN_REQUEUE_MS, until - now + (0 if result is ClaimResult.NOT_DUE else 50))
+            self._call(lambda: self.transport.retry_later(delivery, delay), "transport.retry_later")
+            self.stats.requeued += 1
+        elif result is ClaimResult.DEAD:
+            reason = (record.reason if record else None) or "attempts exhausted"
+            self._dead_letter(delivery, reason)
+        else:
+            to_ack.append(delivery)
+            self.stats.drop(result.value)
+            self.timeouts.emit(
+                "dtimeout_message_dropped", message_id=message.message_id, reason=result.value
+            )
+
+    def _start(self, job: _Job) -> None:
+        handler = self.timeouts.handlers[job.due.kind]
+        job.started_ms = self.timeouts.clock.now_ms()
+        if self._pool is None:
+            done: Future[_Job] = Future()
+            done.set_result(_run(handler, job))
+            self._inflight[done] = job
+        else:
+            self._inflight[self._pool.submit(_run, handler, job)] = job
+
+    # -- settling --------------------------------------------------------------------------------
+
+    def _settle(self, *, block: bool, timeout: float | None = None) -> None:
+        if not self._inflight:
+            return
+        if block:
+            wait(list(self._inflight), timeout=timeout, return_when=FIRST_COMPLETED)
+        finished = [f for f in self._inflight if f.done()]
+        if not finished:
+            return
+        jobs = [self._inflight.pop(f) for f in finished]
+        ok = [j for j in jobs if j.error is None]
+        if ok:
+            answers = self._call(
+                lambda: self.store.complete([j.lease for j in ok]), "store.complete"
+            )
+            acked = [j for j, a in zip(ok, answers, strict=True) if a is SettleResult.COMPLETED]
+            if acked:
+                self._call(lambda: self.transport.ack([j.delivery for j in acked]), "transport.ack")
+            for job, answer in zip(ok, answers, strict=True):
+                if answer is SettleResult.COMPLETED:
+                    self._fired(job)
+                else:  # lost the lease: redelivery and the store decide; do not ack
+                    log.warning("lease lost before completing %s", job.lease)
+        for job in jobs:
+            if job.error is not None:
+                self._failed(job)
+
+    def _fired(self, job: _Job) -> None:
+        lateness = job.started_ms - int(job.due.due_at.timestamp() * 1000)
+        self.stats.fired += 1
+        if len(self.stats.lateness_ms) < _MAX_LATENESS_SAMPLES:
+            self.stats.lateness_ms.append(lateness)
+        self.timeouts.emit(
+            "dtimeout_timeout_fired",
+            timeout=job.due,
+            lateness_ms=lateness,
+            duration_ms=job.duration_ms,
+        )
+        if self.on_event:
+            self.on_event("fired", {"timeout": job.due, "lateness_ms": lateness})
+
+    def _failed(self, job: _Job) -> None:
+        self.stats.failed += 1
+        error = job.error
+        assert error is not None
+        text = f"{type(error).__name__}: {error}"[:1000]
+        backoff = min(self.timeouts.retry_backoff_ms * 2 ** max(0, job.due.attempt - 1), 300_000)
+        result, _ = self._call(
+            lambda: self.store.release(
+                job.lease,
+                backoff_ms=backoff,
+                max_attempts=self.timeouts.max_attempts,
+                error=text,
+                retention_ms=self.timeouts.retention_ms,
+            ),
+            "store.release",
+        )
+        log.warning(
+            "handler for %s failed (attempt %d): %s", job.due.idempotency_key, job.due.attempt, text
+        )
+        if result is SettleResult.RELEASED:
+            self._call(
+                lambda: self.transport.retry_later(job.delivery, backoff), "transport.retry_later"
+            )
+        elif result is SettleResult.DEAD:
+            self._dead_letter(job.delivery, text)
+        self.timeouts.emit(
+            "dtimeout_timeout_failed",
+            timeout=job.due,
+            error=error,
+            will_retry=result is SettleResult.RELEASED,
+        )
+
+    def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+        self._call(lambda: self.transport.dead_letter(delivery, reason), "transport.dead_letter")
+        self.stats.dead_lettered += 1
+        log.warning("dead-lettered %s: %s", delivery.message_id, reason)
+        self.timeouts.emit(
+            "dtimeout_message_dead_lettered", message_id=delivery.message_id, reason=reason
+        )
+
+    # -- housekeeping ----------------------------------------------------------------------------
+
+    def _maintain(self) -> None:
+        now = time.monotonic()
+        if self._inflight and now >= self._heartbeat_at:
+            self._heartbeat()
+        if now >= self._purge_at:
+            self._purge_at = now + self.purge_every_seconds
+            try:
+                purged = self.store.purge_expired()
+                if purged:
+                    log.info("purged %d expired record(s)", purged)
+            except ProviderError as exc:
+                log.warning("purge failed (will try again): %s", exc)
+
+    def _heartbeat(self) -> None:
+        """Keep long handlers' leases alive, in the store and in the transport."""
+        self._heartbeat_at = time.monotonic() + self.heartbeat_seconds
+        running = [j for f, j in self._inflight.items() if not f.done()]
+        if not running:
+            return
+        held = self._call(
+            lambda: self.store.renew([j.lease for j in running], self.timeouts.lease_ms),
+            "store.renew",
+        )
+        for job, ok in zip(running, held, strict=True):
+            if ok:
+                self._call(
+                    functools.partial(self.transport.extend, job.delivery, self.lease_seconds),
+                    "transport.extend",
+                )
+            else:
+                log.warning("lease of %s lost while its handler runs", job.lease)
+
+    def _call(self, fn: Callable[[], Any], what: str) -> Any:
+        return self.timeouts.retry.call(fn, what=what)
+
+
+def _run(handler: Callable[[DueTimeout], Any], job: _Job) -> _Job:
+    started = time.monotonic()
+    try:
+        handler(job.due)
+    except Exception as exc:  # a handler's failure is data for release(), not a loop crash
+        job.error = exc
+    job.duration_ms = int((time.monotonic() - started) * 1000)
+    return job
+
+
+__all__ = ["Consumer", "ConsumerStats", "DtimeoutError"]

@@ -48,7 +48,9 @@ class FakeClock:
 
     is_fake = True
 
-    def __init__(self, start_ms: int = 1_800_000_000_000) -> None:
+    # Far in the future (year 2096) by default, so a store that turns our times into server-side
+    # expiries (Redis PEXPIREAT) never computes one in the real past and loses records early.
+    def __init__(self, start_ms: int = 4_000_000_000_000) -> None:
         self._now = start_ms
         self._lock = threading.Lock()
 

@@ -227,7 +227,9 @@ class Transport(ABC):
         error's ``failed`` attribute, when present, lists the ids that failed."""
 
     @abstractmethod
-    def receive(self, max_messages: int, wait_seconds: float, lease_seconds: float) -> list[Delivery]:
+    def receive(
+        self, max_messages: int, wait_seconds: float, lease_seconds: float
+    ) -> list[Delivery]:
         """Up to ``max_messages`` due messages, each leased (invisible to others) for
         ``lease_seconds``; waits up to ``wait_seconds`` when none is due. An empty list is the
         normal "nothing due" answer.

@@ -136,6 +136,11 @@ class Consumer:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    @property
+    def in_flight(self) -> int:
+        """Handlers started and not yet settled."""
+        return len(self._inflight)
+
     def run(
         self,
         *,

@@ -14,6 +14,7 @@ SDK retries small so the two do not multiply into minutes.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -50,19 +51,30 @@ class RetryPolicy:
         return bool(self.extra_transient) and isinstance(exc, self.extra_transient)
 
     def call(self, fn: Callable[[], T], *, what: str) -> T:
-        """Run ``fn``, retrying transient failures; re-raise the last one unchanged."""
+        """Run ``fn``, retrying transient failures; re-raise the last one unchanged.
+
+        The first attempt runs bare: the policy costs nothing on the hot path until a call
+        actually fails transiently.
+        """
+        try:
+            return fn()
+        except Exception as exc:
+            if self.attempts <= 1 or not self.is_transient(exc):
+                raise
+            log.warning("%s failed (attempt 1), retrying: %s", what, exc)
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            log.warning("%s failed (attempt %d), retrying: %s", what, state.attempt_number, exc)
+            log.warning("%s failed (attempt %d), retrying: %s", what, state.attempt_number + 1, exc)
 
         retrying = Retrying(
             retry=retry_if_exception(self.is_transient),
-            stop=stop_after_attempt(self.attempts) | stop_after_delay(self.max_seconds),
-            wait=wait_exponential_jitter(initial=self.initial_wait, max=self.max_wait),
+            stop=stop_after_attempt(self.attempts - 1) | stop_after_delay(self.max_seconds),
+            wait=wait_exponential_jitter(multiplier=self.initial_wait, max=self.max_wait),
             before_sleep=before_sleep,
             reraise=True,
         )
+        time.sleep(self.initial_wait)
         return retrying(fn)
 
 

@@ -1,0 +1,158 @@
+"""Small tools the contract suite uses: counting wrappers, and a bounded pump for consumers."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dtimeout.consumer import Consumer
+from dtimeout.interfaces import OutgoingMessage, Store, Transport
+
+
+class CountingTransport(Transport):
+    """Wraps a transport and counts calls and messages sent, to prove "no new message"."""
+
+    def __init__(self, inner: Transport) -> None:
+        super().__init__(inner.clock)
+        self.inner = inner
+        self.capabilities = inner.capabilities
+        self.name = inner.name
+        self.calls: Counter[str] = Counter()
+        self.sent: list[OutgoingMessage] = []
+
+    def send(self, messages: Sequence[OutgoingMessage]) -> list[str | None]:
+        self.calls["send"] += 1
+        self.sent.extend(messages)
+        return self.inner.send(messages)
+
+    def receive(self, max_messages: int, wait_seconds: float, lease_seconds: float) -> Any:
+        self.calls["receive"] += 1
+        return self.inner.receive(max_messages, wait_seconds, lease_seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else straight through, counted.
+        attr = getattr(self.inner, name)
+        if callable(attr):
+
+            def counted(*args: Any, **kwargs: Any) -> Any:
+                self.calls[name] += 1
+                return attr(*args, **kwargs)
+
+            return counted
+        return attr
+
+    def ack(self, deliveries: Any) -> None:
+        self.calls["ack"] += 1
+        self.inner.ack(deliveries)
+
+    def retry_later(self, delivery: Any, delay_ms: int) -> None:
+        self.calls["retry_later"] += 1
+        self.inner.retry_later(delivery, delay_ms)
+
+    def extend(self, delivery: Any, lease_seconds: float) -> None:
+        self.calls["extend"] += 1
+        self.inner.extend(delivery, lease_seconds)
+
+    def dead_letter(self, delivery: Any, reason: str) -> None:
+        self.calls["dead_letter"] += 1
+        self.inner.dead_letter(delivery, reason)
+
+    def cancel(self, refs: Any) -> None:
+        self.calls["cancel"] += 1
+        self.inner.cancel(refs)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def stats(self) -> dict[str, int]:
+        return self.inner.stats()
+
+
+class CountingStore(Store):
+    """Wraps a store and counts calls and items per operation, to prove "one store write"."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner.clock)
+        self.inner = inner
+        self.name = inner.name
+        self.calls: Counter[str] = Counter()
+        self.items: Counter[str] = Counter()
+
+    def _count(self, op: str, n: int = 1) -> None:
+        self.calls[op] += 1
+        self.items[op] += n
+
+    def schedule(self, requests: Any) -> Any:
+        self._count("schedule", len(requests))
+        return self.inner.schedule(requests)
+
+    def attach_handles(self, items: Any) -> None:
+        self._count("attach_handles", len(items))
+        self.inner.attach_handles(items)
+
+    def cancel(self, requests: Any) -> Any:
+        self._count("cancel", len(requests))
+        return self.inner.cancel(requests)
+
+    def claim(self, requests: Any) -> Any:
+        self._count("claim", len(requests))
+        return self.inner.claim(requests)
+
+    def renew(self, leases: Any, lease_ms: int) -> Any:
+        self._count("renew", len(leases))
+        return self.inner.renew(leases, lease_ms)
+
+    def complete(self, leases: Any) -> Any:
+        self._count("complete", len(leases))
+        return self.inner.complete(leases)
+
+    def release(self, lease: Any, **kwargs: Any) -> Any:
+        self._count("release")
+        return self.inner.release(lease, **kwargs)
+
+    def abandon(self, *args: Any) -> Any:
+        self._count("abandon")
+        return self.inner.abandon(*args)
+
+    def get(self, kind: str, key: str) -> Any:
+        return self.inner.get(kind, key)
+
+    def list(self, **kwargs: Any) -> Any:
+        return self.inner.list(**kwargs)
+
+    def purge_expired(self) -> int:
+        return self.inner.purge_expired()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def stats(self) -> dict[str, int]:
+        return self.inner.stats()
+
+
+def pump(
+    consumer: Consumer,
+    *,
+    until: Callable[[], bool] | None = None,
+    seconds: float = 10.0,
+    max_cycles: int = 100_000,
+) -> int:
+    """Run ``consumer.run_once()`` until ``until()`` holds, or — without ``until`` — until a
+    cycle finds nothing; bounded by ``seconds`` of real time and ``max_cycles``. Returns the
+    number of messages handled. Never advances a fake clock."""
+    deadline = time.monotonic() + seconds
+    total = 0
+    for _ in range(max_cycles):
+        n = consumer.run_once()
+        total += n
+        if until is not None:
+            if until():
+                break
+        elif n == 0 and not consumer.in_flight:
+            break
+        if time.monotonic() >= deadline:
+            break
+    consumer.drain()
+    return total

@@ -1,8 +1,9 @@
 """The consume loop: receive due messages, claim them in the store, run handlers, settle.
 
 ``run()`` is a short loop over ``run_once()`` — one receive → claim → fire → settle cycle.
-Handlers run on up to ``concurrency`` worker threads; the loop receives only as many messages as
-it has free workers, so nothing waits in memory holding a lease it cannot use. Results are settled
+Handlers run on ``concurrency`` worker threads; the loop keeps at most one receive batch of
+claimed jobs beyond them and heartbeats every lease it holds, so a job waiting for a worker is as
+safe as a running one. Results are settled
 in batches (one ``complete`` and one ``ack`` call for all that finished), which keeps round trips
 per timeout low at load.
 
@@ -27,7 +28,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dtimeout.clock import to_datetime
+from dtimeout.clock import Clock, to_datetime
 from dtimeout.errors import DtimeoutError, MalformedMessageError, ProviderError
 from dtimeout.interfaces import ClaimOutcome, ClaimRequest, Delivery, LeaseRef
 from dtimeout.model import (
@@ -116,11 +117,12 @@ class Consumer:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._claims = 0
         self._stop = threading.Event()
-        self._pool = (
-            ThreadPoolExecutor(concurrency, thread_name_prefix="dtimeout-handler")
-            if concurrency > 1
-            else None
+        # Handlers always run on workers, never on the loop thread, so the loop can keep
+        # heartbeating the leases of long handlers (and of claimed jobs waiting for a worker).
+        self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(
+            concurrency, thread_name_prefix="dtimeout-handler"
         )
+        self.max_in_flight = max(self.batch_size, concurrency)
         self._inflight: dict[Future[_Job], _Job] = {}
         self._heartbeat_at = time.monotonic() + self.heartbeat_seconds
         self._purge_at = time.monotonic() + purge_every_seconds
@@ -169,7 +171,7 @@ class Consumer:
                 elif max_idle_seconds is not None and now - idle_since >= max_idle_seconds:
                     break
         finally:
-            self.drain()
+            self.close()
         return self.stats
 
     def run_once(self) -> int:
@@ -178,9 +180,9 @@ class Consumer:
         normal "nothing due" answer."""
         self._settle(block=False)
         self._maintain()
-        free = self.concurrency - len(self._inflight)
+        free = self.max_in_flight - len(self._inflight)
         if free <= 0:
-            self._settle(block=True)
+            self._settle(block=True, timeout=min(self.heartbeat_seconds, 0.5))
             return 0
         wait_for = 0.0 if self._inflight else self.wait_seconds
         deliveries = self._call(
@@ -195,18 +197,32 @@ class Consumer:
             return 0
         self.stats.received += len(deliveries)
         self._dispatch(deliveries)
-        if self._pool is None:
-            self._settle(block=False)
         return len(deliveries)
 
     def drain(self) -> None:
-        """Wait for in-flight handlers and settle them (used on stop)."""
+        """Finish running handlers and settle them; on stop, hand back claimed jobs that have
+        not started yet (released at once, so another consumer can take them)."""
+        if self._stop.is_set():
+            for future, job in list(self._inflight.items()):
+                if future.cancel():
+                    del self._inflight[future]
+                    self._hand_back(job)
         while self._inflight:
             self._settle(block=True, timeout=0.5)
             self._maintain()
+
+    def close(self) -> None:
+        """Drain, then stop the worker threads. The consumer cannot run after this."""
+        self.drain()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- one batch -------------------------------------------------------------------------------
 
@@ -301,14 +317,23 @@ class Consumer:
             )
 
     def _start(self, job: _Job) -> None:
+        assert self._pool is not None, "consumer already closed"
         handler = self.timeouts.handlers[job.due.kind]
-        job.started_ms = self.timeouts.clock.now_ms()
-        if self._pool is None:
-            done: Future[_Job] = Future()
-            done.set_result(_run(handler, job))
-            self._inflight[done] = job
-        else:
-            self._inflight[self._pool.submit(_run, handler, job)] = job
+        self._inflight[self._pool.submit(_run, handler, job, self.timeouts.clock)] = job
+
+    def _hand_back(self, job: _Job) -> None:
+        result, _ = self._call(
+            lambda: self.store.release(
+                job.lease,
+                backoff_ms=0,
+                max_attempts=self.timeouts.max_attempts + 1,
+                error="consumer stopped before the handler started",
+                retention_ms=self.timeouts.retention_ms,
+            ),
+            "store.release",
+        )
+        if result is SettleResult.RELEASED:
+            self._call(lambda: self.transport.retry_later(job.delivery, 0), "transport.retry_later")
 
     # -- settling --------------------------------------------------------------------------------
 
@@ -430,7 +455,8 @@ class Consumer:
         return self.timeouts.retry.call(fn, what=what)
 
 
-def _run(handler: Callable[[DueTimeout], Any], job: _Job) -> _Job:
+def _run(handler: Callable[[DueTimeout], Any], job: _Job, clock: Clock) -> _Job:
+    job.started_ms = clock.now_ms()
     started = time.monotonic()
     try:
         handler(job.due)

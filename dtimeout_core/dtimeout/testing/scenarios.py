@@ -186,6 +186,9 @@ class TimeoutsContract(_ClockMixin):
         c = self.consumer(timeouts)
         self.settle(c, until=lambda: c.stats.received >= 3)
         self.settle(c)
+        # a copy that met the live lease was put back until the lease ends; then it is dropped
+        self.wait(clock, timeouts.lease_ms / 1000 + 0.5)
+        self.settle(c, until=lambda: sum(c.stats.dropped.values()) >= 2)
         assert rec.keys() == Counter({"o1": 1})
         assert sum(c.stats.dropped.values()) == 2
         assert c.stats.dropped.get("stale") == 1

@@ -1,0 +1,358 @@
+"""One Redis connection as the store and the transport use it: the client, the scripts, the
+error translation and the round-trip counters.
+
+Why our own script runner next to redis-py's ``register_script``: a ``Script`` called inside a
+pipeline makes redis-py send ``SCRIPT EXISTS`` first — one more round trip on every batch, on
+the hottest path. Here single calls go through ``Script.__call__`` (EVALSHA, reload on NOSCRIPT)
+and pipelines queue plain EVALSHAs; the few that come back NOSCRIPT (a restarted server forgot
+its script cache) are loaded and run again. A NOSCRIPT reply means nothing ran, so the re-run is
+safe.
+
+Errors are translated here and nowhere else: connection resets, timeouts, a loading or failing
+over server become ``Transient*Error`` (the consumer backs off and resumes); refused credentials
+or certificates become ``ConfigurationError``; the cause stays chained and no message carries a
+password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from dtimeout.clock import Clock, is_fake
+from dtimeout.errors import ConfigurationError, DtimeoutError, MissingDependencyError, ProviderError
+from dtimeout.providers.redis.settings import RedisSettings
+
+if TYPE_CHECKING:
+    from redis.commands.core import Script
+
+INSTALL_HINT = "pip install 'redis>=5'"
+_LIB_QUEUE = ("_now.lua",)
+_LIB_STORE = ("_now.lua", "_record.lua")
+# Largest number of items one script call carries: bounds how long Redis is busy with one call.
+CHUNK = 500
+
+
+def _read(name: str) -> str:
+    return resources.files("dtimeout.providers.redis").joinpath("scripts", name).read_text("utf-8")
+
+
+def script_source(name: str) -> str:
+    """The full text of a script: the shared helpers it needs, then its own file."""
+    libs = _LIB_STORE if name.startswith("store_") else _LIB_QUEUE
+    return "\n".join([*(_read(lib) for lib in libs), _read(name)])
+
+
+def import_redis() -> Any:
+    try:
+        import redis
+    except ImportError as exc:  # pragma: no cover - redis is a core dependency
+        raise MissingDependencyError(f"the Redis provider needs redis-py: {INSTALL_HINT}") from exc
+    return redis
+
+
+def build_client(settings: RedisSettings) -> Any:
+    """A redis-py client for the settings: standalone, sentinel master, or cluster.
+
+    redis-py's own ``Retry`` (exponential backoff, a few attempts) absorbs short blips such as a
+    dropped idle connection; longer outages surface as transient errors for the caller's policy.
+    """
+    redis = import_redis()
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    retry = Retry(
+        ExponentialBackoff(cap=0.5, base=0.02),
+        settings.retries,
+        supported_errors=(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),
+    )
+    kwargs = settings.connection_kwargs()
+    if settings.cluster:
+        from redis.cluster import ClusterNode, RedisCluster
+
+        kwargs.pop("health_check_interval", None)  # per-node pools do their own checks
+        nodes = [ClusterNode(host, port) for host, port in settings.hosts]  # type: ignore[no-untyped-call]
+        return RedisCluster(startup_nodes=nodes, retry=retry, **kwargs)
+    if settings.sentinel:
+        from redis.sentinel import Sentinel
+
+        sentinel_kwargs = {
+            "username": settings.sentinel_username,
+            "password": settings.sentinel_password,
+            "socket_timeout": settings.socket_timeout,
+            "socket_connect_timeout": settings.connect_timeout,
+        }
+        if settings.ssl:
+            sentinel_kwargs.update(
+                {k: v for k, v in kwargs.items() if k.startswith("ssl")}  # same TLS as the data
+            )
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(settings.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs
+        )
+        return sentinel.master_for(  # type: ignore[no-untyped-call]
+            settings.master, db=settings.db, retry=retry
+        )
+    host, port = settings.hosts[0]
+    return redis.Redis(host=host, port=port, db=settings.db, retry=retry, **kwargs)
+
+
+def translate(exc: BaseException, where: str, settings: RedisSettings, role: str) -> DtimeoutError:
+    """The dtimeout error for a redis-py exception (see the module docstring)."""
+    from redis import exceptions as rx
+
+    from dtimeout.errors import (
+        StoreError,
+        TransientStoreError,
+        TransientTransportError,
+        TransportError,
+    )
+
+    at = f"Redis {role} at {settings.display()}"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if settings.password:
+        text = text.replace(settings.password, "****")
+    auth_errors = (rx.AuthenticationError, rx.AuthorizationError, rx.NoPermissionError)
+    if isinstance(exc, auth_errors) or any(
+        marker in text for marker in ("NOAUTH", "WRONGPASS", "invalid username-password")
+    ):
+        return ConfigurationError(f"{at} refused the credentials: {text}")
+    if "certificate verify failed" in text.lower() or "CERTIFICATE_VERIFY_FAILED" in text:
+        return ConfigurationError(f"{at}: TLS certificate not accepted: {text}")
+    transient_types: tuple[type[BaseException], ...] = (
+        rx.ConnectionError,
+        rx.TimeoutError,
+        rx.BusyLoadingError,
+        rx.ClusterError,
+        rx.ClusterDownError,
+        rx.TryAgainError,
+        rx.ReadOnlyError,
+        rx.OutOfMemoryError,
+        rx.RedisClusterException,
+        ConnectionError,
+        TimeoutError,
+    )
+    permanent_cluster = (rx.CrossSlotTransactionError, rx.InvalidPipelineStack)
+    transient = isinstance(exc, transient_types) and not isinstance(exc, permanent_cluster)
+    if not transient and any(m in text for m in ("LOADING", "MASTERDOWN", "TRYAGAIN", "BUSY")):
+        transient = True
+    message = f"{at}: {where} failed: {text}"
+    if role == "store":
+        return TransientStoreError(message) if transient else StoreError(message)
+    return TransientTransportError(message) if transient else TransportError(message)
+
+
+class RedisConnection:
+    """The client and scripts shared by one store or transport; counts round trips.
+
+    ``client`` may be passed prebuilt (tests inject one); otherwise it is built on first use, so
+    opening a provider never fails just because Redis is momentarily down.
+    """
+
+    def __init__(
+        self,
+        settings: RedisSettings,
+        clock: Clock,
+        role: str,
+        scripts: Sequence[str],
+        client: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.role = role
+        self._client = client
+        self._script_names = tuple(scripts)
+        self._scripts: dict[str, Script] = {}
+        self._lock = threading.Lock()
+        self.round_trips = 0
+        self.commands = 0
+        self._redis = import_redis()
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            with self._lock, self.errors("connect"):
+                if self._client is None:
+                    self._client = build_client(self.settings)
+        return self._client
+
+    def script(self, name: str) -> Script:
+        found = self._scripts.get(name)
+        if found is None:
+            found = self.client.register_script(script_source(name))
+            self._scripts[name] = found
+        return found
+
+    def now_arg(self) -> str:
+        """ARGV[1] of every script: our time when the clock is fake, else '' (server TIME)."""
+        return str(self.clock.now_ms()) if is_fake(self.clock) else ""
+
+    @contextlib.contextmanager
+    def errors(self, where: str) -> Iterator[None]:
+        try:
+            yield
+        except DtimeoutError:
+            raise
+        except (
+            self._redis.exceptions.RedisError,
+            self._redis.exceptions.RedisClusterException,
+            OSError,
+        ) as exc:
+            raise translate(exc, where, self.settings, self.role) from exc
+
+    # -- running scripts -------------------------------------------------------------------------
+
+    def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One script call, one round trip (two after the server lost its script cache)."""
+        with self.errors(name):
+            script = self.script(name)
+            self.round_trips += 1
+            self.commands += 1
+            return script(keys=list(keys), args=list(args))
+
+    def run_many(self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """Several script calls in one pipeline (one round trip per node); results in order."""
+        if len(calls) == 1:
+            name, keys, args = calls[0]
+            return [self.run(name, keys, args)]
+        if not calls:
+            return []
+        with self.errors(calls[0][0]):
+            results = self._pipeline(calls)
+            missing = [i for i, r in enumerate(results) if _is_noscript(r)]
+            if missing:
+                for name in {calls[i][0] for i in missing}:
+                    script = self.script(name)
+                    script.sha = self.client.script_load(script.script)
+                again = self._pipeline([calls[i] for i in missing])
+                for index, result in zip(missing, again, strict=True):
+                    results[index] = result
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            return results
+
+    def _pipeline(self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]) -> list[Any]:
+        if self.settings.cluster:
+            return self._cluster_pipeline(calls)
+        pipe = self.client.pipeline(transaction=False)
+        for name, keys, args in calls:
+            pipe.evalsha(self.script(name).sha, len(keys), *keys, *args)
+        self.round_trips += 1
+        self.commands += len(calls)
+        return list(pipe.execute(raise_on_error=False))
+
+    def _cluster_pipeline(
+        self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """redis-py's cluster pipeline refuses EVALSHA, so calls are grouped by the primary that
+        owns their slot and each group goes down that node's own pipeline: one round trip per
+        node. A call the node bounces (MOVED/ASK after a resharding or failover, TRYAGAIN) or
+        loses to a dropped connection is run again alone through the cluster client, which
+        follows redirects and refreshes the topology. Re-running is safe: every script answers
+        a re-send as it answered the first time."""
+        client = self.client
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        for index, (_, keys, _) in enumerate(calls):
+            node = client.get_node_from_key(keys[0])
+            by_node.setdefault(node.name, (node, []))[1].append(index)
+        results: list[Any] = [None] * len(calls)
+        rx = self._redis.exceptions
+        for node, members in by_node.values():
+            pipe = client.get_redis_connection(node).pipeline(transaction=False)
+            for index in members:
+                name, keys, args = calls[index]
+                pipe.evalsha(self.script(name).sha, len(keys), *keys, *args)
+            self.round_trips += 1
+            self.commands += len(members)
+            try:
+                replies = list(pipe.execute(raise_on_error=False))
+            except (rx.ConnectionError, rx.TimeoutError) as exc:
+                replies = [exc] * len(members)
+            for index, reply in zip(members, replies, strict=True):
+                results[index] = reply
+        for index, reply in enumerate(results):
+            bounced = (rx.ConnectionError, rx.TimeoutError, rx.AskError, rx.TryAgainError)
+            if isinstance(reply, (*bounced, rx.ClusterDownError)) or (
+                isinstance(reply, rx.ResponseError)
+                and str(reply).startswith(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"))
+            ):
+                name, keys, args = calls[index]
+                self.round_trips += 1
+                self.commands += 1
+                results[index] = self.script(name)(keys=list(keys), args=list(args))
+        return results
+
+    def key_slot(self, key: str) -> int:
+        from redis.crc import key_slot
+
+        return int(key_slot(key.encode("utf-8")))
+
+    def batched(
+        self,
+        name: str,
+        items: Sequence[Any],
+        key_of: Callable[[Any], str],
+        args_of: Callable[[Any], Sequence[Any]],
+        common: Sequence[Any],
+    ) -> list[Any]:
+        """Run a multi-item script over ``items``; one flattened reply per item, in order.
+
+        Standalone: chunks of up to ``CHUNK`` items per call, all chunks in one pipeline. Cluster:
+        one call per hash slot (a script may only touch keys of one slot), pipelined.
+        """
+        groups: dict[int, list[int]] = {}
+        if self.settings.cluster:
+            for index, item in enumerate(items):
+                groups.setdefault(self.key_slot(key_of(item)), []).append(index)
+        else:
+            for start in range(0, len(items), CHUNK):
+                groups[start] = list(range(start, min(start + CHUNK, len(items))))
+        order = list(groups.values())
+        calls = []
+        for members in order:
+            args: list[Any] = [self.now_arg(), *common]
+            for index in members:
+                args.extend(args_of(items[index]))
+            calls.append((name, [key_of(items[i]) for i in members], args))
+        replies = self.run_many(calls)
+        out: list[Any] = [None] * len(items)
+        for members, reply in zip(order, replies, strict=True):
+            for index, value in zip(members, reply, strict=True):
+                out[index] = value
+        return out
+
+    def ping(self) -> None:
+        with self.errors("ping"):
+            self.client.ping()
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    def stats(self) -> dict[str, int]:
+        return {"round_trips": self.round_trips, "commands": self.commands}
+
+
+def _is_noscript(result: Any) -> bool:
+    from redis.exceptions import NoScriptError
+
+    return isinstance(result, NoScriptError) or (
+        isinstance(result, BaseException) and "NOSCRIPT" in str(result)
+    )
+
+
+def decode(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def optional(value: Any) -> str | None:
+    text = decode(value) if value is not None else ""
+    return text or None
+
+
+__all__ = ["CHUNK", "ProviderError", "RedisConnection", "build_client", "translate"]

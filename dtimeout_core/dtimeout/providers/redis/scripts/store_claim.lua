@@ -1,0 +1,70 @@
+-- store_claim.lua: decide_claim (dtimeout/model.py) for each delivered message.
+-- KEYS[i]  the record of item i
+-- ARGV[1]  now ms, or '' to use the server's TIME
+-- ARGV[2 + 8*(i-1) ..]  generation, due ms, payload JSON (for an orphan), owner token,
+--                       lease ms, max attempts, orphan policy ('fire'|'drop'), retention ms
+-- Returns one reply per item (see _record.lua), with the payload; answers claimed|not_due|busy|
+-- stale|cancelled|fired|dead, or {'missing'} when there is no record and orphans are dropped.
+
+local function lease(key, cur, owner, lease_ms, retention)
+  cur.s = 'firing'
+  cur.a = cur.a + 1
+  cur.o = owner
+  cur.l = NOW + lease_ms
+  cur.u = NOW
+  cur.e = math.max(cur.e, math.max(cur.d, NOW) + retention)
+  save(key, cur, false)
+  return reply('claimed', cur, true)
+end
+
+local function claim(key, gen, due, payload, owner, lease_ms, max_attempts, policy, retention)
+  local cur = load(key)
+  if not cur then
+    if policy == 'drop' then
+      return {'missing'}
+    end
+    -- an orphan: the record expired or was wiped; never lose a timeout
+    local rec = {s = 'firing', g = gen, d = due, p = payload, a = 1, o = owner,
+      l = NOW + lease_ms, u = NOW, e = math.max(due, NOW) + retention, f = '1'}
+    redis.call('DEL', key)
+    save(key, rec, true)
+    return reply('claimed', rec, true)
+  end
+  if cur.g ~= gen then
+    return reply('stale', cur, true)
+  end
+  if cur.s == 'cancelled' or cur.s == 'fired' or cur.s == 'dead' then
+    return reply(cur.s, cur, true)
+  end
+  if cur.s == 'pending' then
+    if cur.d > NOW then
+      return reply('not_due', cur, true)
+    end
+    return lease(key, cur, owner, lease_ms, retention)
+  end
+  -- FIRING
+  if cur.o == owner then
+    return reply('claimed', cur, true) -- a re-sent claim: same answer, same attempt
+  end
+  if cur.l > NOW then
+    return reply('busy', cur, true)
+  end
+  if cur.a >= max_attempts then
+    cur.s = 'dead'
+    cur.r = cur.r or 'lease expired after the last attempt'
+    cur.o = false
+    cur.l = 0
+    cur.u = NOW
+    save(key, cur, false)
+    return reply('dead', cur, true)
+  end
+  return lease(key, cur, owner, lease_ms, retention)
+end
+
+local out = {}
+for i = 1, #KEYS do
+  local b = 2 + 8 * (i - 1)
+  out[i] = claim(KEYS[i], tonumber(ARGV[b]), tonumber(ARGV[b + 1]), ARGV[b + 2], ARGV[b + 3],
+    tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5]), ARGV[b + 6], tonumber(ARGV[b + 7]))
+end
+return out

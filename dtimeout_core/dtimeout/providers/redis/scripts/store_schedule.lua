@@ -1,0 +1,55 @@
+-- store_schedule.lua: decide_schedule (dtimeout/model.py) for each item.
+-- KEYS[i]  the record of item i (P:t:{KIND:KEY})
+-- ARGV[1]  now ms, or '' to use the server's TIME
+-- ARGV[2]  id of this call; item i is operation ARGV[2]..':'..i (a re-send answers as before)
+-- ARGV[3 + 3*(i-1) ..]  due ms, payload JSON, retention ms   of item i
+-- Returns one reply (see _record.lua) per item; answers created|advanced|extended|refused.
+
+local function schedule(key, due, payload, retention, op)
+  local cur = load(key)
+  if cur and cur.q == op then
+    return reply(cur.qr, cur, false)
+  end
+  local exp = math.max(due, NOW) + retention
+  if cur and cur.s == 'firing' then
+    return reply('refused', cur, true)
+  end
+  if cur and cur.s == 'pending' then
+    cur.p = payload
+    cur.u = NOW
+    cur.e = math.max(cur.e, exp)
+    cur.q = op
+    if due >= cur.d then
+      -- later (or the same time): one write, no message; the old message re-queues itself
+      cur.d = due
+      cur.qr = 'extended'
+      save(key, cur, true)
+      return reply('extended', cur, false)
+    end
+    -- earlier: a new generation and a new message; the old one goes stale
+    local previous = cur.h
+    cur.g = cur.g + 1
+    cur.d = due
+    cur.a = 0
+    cur.o = false
+    cur.l = 0
+    cur.r = false
+    cur.h = false
+    cur.qr = 'advanced'
+    save(key, cur, true)
+    return reply('advanced', cur, false, previous)
+  end
+  local rec = {s = 'pending', g = (cur and cur.g or 0) + 1, d = due, a = 0, l = 0, u = NOW,
+    e = exp, p = payload, q = op, qr = 'created'}
+  redis.call('DEL', key)
+  save(key, rec, true)
+  return reply('created', rec, false)
+end
+
+local out = {}
+for i = 1, #KEYS do
+  local base = 3 + 3 * (i - 1)
+  out[i] = schedule(KEYS[i], tonumber(ARGV[base]), ARGV[base + 1], tonumber(ARGV[base + 2]),
+    ARGV[2] .. ':' .. i)
+end
+return out

@@ -1,0 +1,313 @@
+"""The Redis store: each transition of ``dtimeout.model`` is one Lua script on one record.
+
+Every batch method sends its items as multi-item script calls — one call per chunk on a
+standalone server, one per hash slot on a cluster — all in one pipeline, so a batch of a
+thousand schedules costs one round trip, not a thousand. Each item is still its own atomic
+transition (the script applies them one after another inside Redis).
+
+Time: with a real clock the scripts read the server's ``TIME``; with a fake one (tests) they get
+our ``now`` in ARGV, and a record past its ``expires`` is treated as gone even before Redis
+evicts it, so the contract suite can move time without sleeping.
+
+Re-sent calls: redis-py re-sends a command after a dropped connection, and the reply of the first
+send may have been lost after Redis applied it. Claims (owner token), completes (owner) and
+cancels (request id) are idempotent by the model's rules; schedule, release and abandon carry an
+operation id that the record remembers, so a re-send gets the first answer — a schedule that was
+CREATED is not answered EXTENDED (which would leave a PENDING record without a message).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from dtimeout.clock import Clock, is_fake
+from dtimeout.errors import ValidationError
+from dtimeout.interfaces import (
+    CancelOutcome,
+    CancelRequest,
+    ClaimOutcome,
+    ClaimRequest,
+    LeaseRef,
+    ScheduleOutcome,
+    ScheduleRequest,
+    Store,
+)
+from dtimeout.model import (
+    CancelResult,
+    ClaimResult,
+    ScheduleResult,
+    SettleResult,
+    Timeout,
+    TimeoutState,
+    encode_payload,
+)
+from dtimeout.providers.redis import keys as K
+from dtimeout.providers.redis.connection import RedisConnection, decode, optional
+from dtimeout.providers.redis.settings import RedisSettings
+
+SCRIPTS = (
+    "store_schedule.lua",
+    "store_cancel.lua",
+    "store_claim.lua",
+    "store_renew.lua",
+    "store_complete.lua",
+    "store_release.lua",
+    "store_abandon.lua",
+    "store_attach.lua",
+)
+_GET_FIELDS = (*K.RECORD_FIELDS, K.F_PAYLOAD)
+_SCAN_COUNT = 1000
+
+
+class RedisStore(Store):
+    """Timeout records in Redis hashes (``P:t:{KIND:KEY}``), expiring at due + retention."""
+
+    name = "redis"
+
+    def __init__(self, settings: RedisSettings, clock: Clock, *, client: Any = None) -> None:
+        super().__init__(clock)
+        self.settings = settings
+        self.prefix = settings.prefix
+        self.conn = RedisConnection(settings, clock, "store", SCRIPTS, client)
+
+    def _key(self, kind: str, key: str) -> str:
+        return K.record_key(self.prefix, kind, key)
+
+    # -- transitions -----------------------------------------------------------------------------
+
+    def schedule(self, requests: Sequence[ScheduleRequest]) -> list[ScheduleOutcome]:
+        if not requests:
+            return []
+        replies = self.conn.batched(
+            "store_schedule.lua",
+            requests,
+            lambda r: self._key(r.kind, r.key),
+            lambda r: (r.due_at_ms, encode_payload(r.payload), r.retention_ms),
+            [uuid.uuid4().hex[:16]],
+        )
+        out: list[ScheduleOutcome] = []
+        for request, reply in zip(requests, replies, strict=True):
+            result = ScheduleResult(decode(reply[0]))
+            payload = _UNSET if result is ScheduleResult.REFUSED else request.payload
+            timeout = _record(request.kind, request.key, reply, payload)
+            previous = optional(reply[14]) if result is ScheduleResult.ADVANCED else None
+            out.append(ScheduleOutcome(result, timeout, previous))
+        return out
+
+    def attach_handles(self, items: Sequence[tuple[str, str, int, str]]) -> None:
+        if not items:
+            return
+        self.conn.batched(
+            "store_attach.lua",
+            [(self._key(kind, key), generation, handle) for kind, key, generation, handle in items],
+            lambda item: item[0],
+            lambda item: (item[1], item[2]),
+            [],
+        )
+
+    def cancel(self, requests: Sequence[CancelRequest]) -> list[CancelOutcome]:
+        if not requests:
+            return []
+        replies = self.conn.batched(
+            "store_cancel.lua",
+            requests,
+            lambda r: self._key(r.kind, r.key),
+            lambda r: (r.request_id,),
+            [],
+        )
+        out: list[CancelOutcome] = []
+        for reply in replies:
+            generation = optional(reply[1])
+            out.append(
+                CancelOutcome(
+                    CancelResult(decode(reply[0])),
+                    int(generation) if generation is not None else None,
+                    optional(reply[2]),
+                )
+            )
+        return out
+
+    def claim(self, requests: Sequence[ClaimRequest]) -> list[ClaimOutcome]:
+        if not requests:
+            return []
+        replies = self.conn.batched(
+            "store_claim.lua",
+            requests,
+            lambda r: self._key(r.message.kind, r.message.key),
+            lambda r: (
+                r.message.generation,
+                r.message.due_at_ms,
+                encode_payload(r.message.payload),
+                r.owner,
+                r.lease_ms,
+                r.max_attempts,
+                r.orphan_policy.value,
+                r.retention_ms,
+            ),
+            [],
+        )
+        out: list[ClaimOutcome] = []
+        for request, reply in zip(requests, replies, strict=True):
+            result = ClaimResult(decode(reply[0]))
+            if len(reply) == 1:
+                out.append(ClaimOutcome(result, None))
+                continue
+            message = request.message
+            out.append(ClaimOutcome(result, _record(message.kind, message.key, reply, _UNSET)))
+        return out
+
+    def renew(self, leases: Sequence[LeaseRef], lease_ms: int) -> list[bool]:
+        if not leases:
+            return []
+        replies = self.conn.batched(
+            "store_renew.lua",
+            leases,
+            lambda lease: self._key(lease.kind, lease.key),
+            lambda lease: (lease.generation, lease.owner),
+            [lease_ms],
+        )
+        return [bool(int(r)) for r in replies]
+
+    def complete(self, leases: Sequence[LeaseRef]) -> list[SettleResult]:
+        if not leases:
+            return []
+        replies = self.conn.batched(
+            "store_complete.lua",
+            leases,
+            lambda lease: self._key(lease.kind, lease.key),
+            lambda lease: (lease.generation, lease.owner),
+            [],
+        )
+        return [SettleResult(decode(r)) for r in replies]
+
+    def release(
+        self,
+        lease: LeaseRef,
+        *,
+        backoff_ms: int,
+        max_attempts: int,
+        error: str,
+        retention_ms: int,
+    ) -> tuple[SettleResult, Timeout | None]:
+        reply = self.conn.run(
+            "store_release.lua",
+            [self._key(lease.kind, lease.key)],
+            [
+                self.conn.now_arg(),
+                lease.generation,
+                lease.owner,
+                backoff_ms,
+                max_attempts,
+                error,
+                retention_ms,
+                uuid.uuid4().hex[:16],
+            ],
+        )
+        result = SettleResult(decode(reply[0]))
+        if len(reply) == 1:
+            return result, None
+        return result, _record(lease.kind, lease.key, reply, _UNSET)
+
+    def abandon(
+        self, kind: str, key: str, generation: int, state: TimeoutState, reason: str
+    ) -> SettleResult:
+        if state not in (TimeoutState.CANCELLED, TimeoutState.DEAD):
+            raise ValidationError("abandon moves a timeout to CANCELLED or DEAD only")
+        reply = self.conn.run(
+            "store_abandon.lua",
+            [self._key(kind, key)],
+            [self.conn.now_arg(), generation, state.value, reason, uuid.uuid4().hex[:16]],
+        )
+        return SettleResult(decode(reply))
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def get(self, kind: str, key: str) -> Timeout | None:
+        with self.conn.errors("get"):
+            self.conn.round_trips += 1
+            values = self.conn.client.hmget(self._key(kind, key), _GET_FIELDS)
+        return self._from_fields(kind, key, values)
+
+    def _from_fields(self, kind: str, key: str, values: Sequence[Any]) -> Timeout | None:
+        if values[0] is None:
+            return None
+        timeout = _record(kind, key, ["", *values], _UNSET)
+        if is_fake(self.clock) and timeout.expires_ms and timeout.expires_ms <= self.clock.now_ms():
+            return None  # gone by our (fake) clock; Redis evicts it on its own clock
+        return timeout
+
+    def list(
+        self, *, state: TimeoutState | None = None, kind: str | None = None, limit: int = 100
+    ) -> list[Timeout]:
+        """Scans every record under the prefix (on every cluster primary): an operator's tool,
+        linear in the number of records, never on the hot path."""
+        rows: list[Timeout] = []
+        pattern = K.record_pattern(self.prefix)
+        if kind is not None:
+            escaped = "".join("\\" + c if c in "*?[]\\" else c for c in kind)
+            pattern = K.record_key(self.prefix, escaped, "*")
+        with self.conn.errors("list"):
+            client = self.conn.client
+            names = [decode(n) for n in client.scan_iter(match=pattern, count=_SCAN_COUNT)]
+            for start in range(0, len(names), _SCAN_COUNT):
+                chunk = names[start : start + _SCAN_COUNT]
+                pipe = client.pipeline(transaction=False)
+                for name in chunk:
+                    pipe.hmget(name, _GET_FIELDS)
+                self.conn.round_trips += 1
+                for name, values in zip(chunk, pipe.execute(), strict=True):
+                    identity = K.identity_of(self.prefix, name)
+                    if identity is None:
+                        continue
+                    timeout = self._from_fields(identity[0], identity[1], values)
+                    if timeout is not None and (state is None or timeout.state is state):
+                        rows.append(timeout)
+        rows.sort(key=lambda r: (r.due_at_ms, r.kind, r.key))
+        return rows[:limit]
+
+    # -- housekeeping ----------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        self.conn.ping()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def stats(self) -> dict[str, int]:
+        return self.conn.stats()
+
+
+class _Unset:
+    pass
+
+
+_UNSET: Any = _Unset()
+
+
+def _record(kind: str, key: str, reply: Sequence[Any], payload: Any) -> Timeout:
+    """A :class:`Timeout` from a script reply (answer, the fields of ``keys.RECORD_FIELDS``,
+    payload JSON). ``payload`` given by the caller wins over the reply's (it is the same value,
+    and not sending it back saves bytes on the hottest path)."""
+    if payload is _UNSET:
+        raw = reply[13]
+        payload = json.loads(raw) if raw not in (None, b"", "") else None
+    return Timeout(
+        kind=kind,
+        key=key,
+        state=TimeoutState(decode(reply[1])),
+        generation=int(reply[2]),
+        due_at_ms=int(reply[3]),
+        payload=payload,
+        attempts=int(reply[4] or 0),
+        lease_owner=optional(reply[5]),
+        lease_expires_ms=int(reply[6] or 0),
+        reason=optional(reply[7]),
+        cancel_request_id=optional(reply[8]),
+        handle=optional(reply[9]),
+        updated_ms=int(reply[10] or 0),
+        expires_ms=int(reply[11] or 0),
+        orphan=bool(optional(reply[12])),
+    )

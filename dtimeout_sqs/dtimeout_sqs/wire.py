@@ -30,11 +30,13 @@ ATTR_REASON = "dtimeout.dead_reason"
 ATTR_SOURCE = "dtimeout.source_queue"
 REASON_LIMIT = 1000  # characters kept of a dead-letter reason
 
-# Our attributes' worst case for the largest identity dtimeout accepts (kind and key of 512
-# characters, 4 UTF-8 bytes each) plus names, types, the due time and the encoding marker. The
-# advertised ``max_message_bytes`` leaves this much room, so the app's own size check refuses a
-# payload before the exact per-message check in ``send`` ever has to.
-ATTRIBUTE_HEADROOM = 4608
+# Room left in the advertised ``max_message_bytes`` for our attributes: names, types, the due
+# time and the encoding marker take under 80 bytes, the id (``kind:key:generation``) the rest.
+# The app refuses payloads against the advertised limit before writing anything; a message
+# whose id is unusually long (over ~170 bytes) is still caught by the exact per-message check
+# in ``send``, which refuses it by name. A worst-case reserve (two 512-character names in
+# 4-byte UTF-8) would not even fit SQS's smallest queue limit of 1,024 bytes.
+ATTRIBUTE_HEADROOM = 256
 
 # Characters SQS accepts in a body or string attribute (#x9 #xA #xD #x20-#xD7FF #xE000-#xFFFD
 # #x10000-#x10FFFF); anything else is sent base64-encoded.

@@ -113,7 +113,7 @@ class RedisTransport(Transport):
         token = uuid.uuid4().hex[:12]
         count = len(self.shards)
         start = self._cursor % count
-        self._cursor += 1
+        self._cursor += wanted % count or 1  # the next call's extra shares go to the next shards
         order = [(start + i) % count for i in range(count)]
         quotas = {
             s: wanted // count + (1 if i < wanted % count else 0) for i, s in enumerate(order)

@@ -57,15 +57,17 @@ def import_redis() -> Any:
 def build_client(settings: RedisSettings) -> Any:
     """A redis-py client for the settings: standalone, sentinel master, or cluster.
 
-    redis-py's own ``Retry`` (exponential backoff, a few attempts) absorbs short blips such as a
-    dropped idle connection; longer outages surface as transient errors for the caller's policy.
+    redis-py's own ``Retry`` (exponential backoff from 10 ms, capped at 1 s) absorbs blips and
+    short restarts, about 4 s with the default ``retries=10``: a consumer settling a batch during
+    a restart finishes it instead of losing it. Longer outages surface as transient errors for
+    the caller's own policy.
     """
     redis = import_redis()
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
     retry = Retry(
-        ExponentialBackoff(cap=0.5, base=0.02),
+        ExponentialBackoff(cap=1.0, base=0.01),
         settings.retries,
         supported_errors=(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),
     )

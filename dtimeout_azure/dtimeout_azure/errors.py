@@ -62,9 +62,19 @@ class SendError(TransportError):
     would put their ids in the duplicate-detection history and make a retry silently vanish.
     """
 
-    def __init__(self, message: str, *, failed: list[str], transient: bool) -> None:
+    def __init__(self, message: str, *, failed: list[str], transient: bool = False) -> None:
         super().__init__(message, transient=transient)
         self.failed = failed
+
+    @staticmethod
+    def make(message: str, *, failed: list[str], transient: bool) -> SendError:
+        """The right class: a transient one is also a ``TransientTransportError``."""
+        cls = TransientSendError if transient else SendError
+        return cls(message, failed=failed, transient=transient)
+
+
+class TransientSendError(SendError, TransientTransportError):
+    """Raised when ``send`` failed in a way a retry may fix; ``failed`` as for SendError."""
 
 
 def describe(exc: BaseException) -> str:

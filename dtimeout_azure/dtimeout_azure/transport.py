@@ -87,6 +87,9 @@ MIN_WAIT_SECONDS = 0.05  # the SDK refuses max_wait_time <= 0
 CANCEL_BATCH = 100
 MAX_REASON = 256
 MAX_DESCRIPTION = 4096
+# A broker lock within a second of the lease covers it: renewing for that second would only
+# stretch the lock by a whole LockDuration past the lease.
+LOCK_SLACK_SECONDS = 1.0
 
 T = TypeVar("T")
 
@@ -188,7 +191,7 @@ class AzureServiceBusTransport(Transport):
                 numbers = self._sender.call("schedule messages", _schedule(batch, when))
             except TransportError as exc:
                 failed = [messages[i].message_id for _, idx in pending[position:] for i in idx]
-                raise SendError(
+                raise SendError.make(
                     f"{exc} ({len(failed)} of {len(messages)} message(s) not scheduled)",
                     failed=failed,
                     transient=exc.transient,
@@ -279,7 +282,7 @@ class AzureServiceBusTransport(Transport):
             return
         until = receipt.message.locked_until_utc
         remaining = (until - datetime.now(UTC)).total_seconds() if until else 0.0
-        if lease_seconds <= remaining:
+        if lease_seconds <= remaining + LOCK_SLACK_SECONDS:
             return  # the broker's lock already covers the lease: nothing to renew
         horizon = (time.monotonic() - receipt.received_at) + lease_seconds
         try:

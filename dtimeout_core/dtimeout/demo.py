@@ -1,0 +1,371 @@
+"""The seed's scenario as a library: a producer, the complementary action, consumers, a tally.
+
+``dtimeout run produce`` runs :class:`Producer` alone (the consumers are other processes);
+``dtimeout demo`` runs :func:`run_demo`, which wires a producer and several consumers on the
+same providers inside one process and then checks its own invariants: no duplicate fire, none
+lost, no fire for a timeout whose cancel answered ``cancelled``, none early, and the store
+agreeing with what the handlers saw. A demo that only printed numbers would prove nothing.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from dtimeout.app import Timeouts
+from dtimeout.clock import to_ms
+from dtimeout.model import CancelResult, DueTimeout, TimeoutState
+
+if TYPE_CHECKING:
+    from dtimeout.consumer import Consumer
+
+log = logging.getLogger(__name__)
+
+DEMO_KIND = "demo"
+
+
+def run_id() -> str:
+    """A short token that keeps the keys of one run apart from every other run's."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
+
+
+# --------------------------------------------------------------------------------------------
+# The producer (``run produce`` and the demo)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProduceOptions:
+    count: int | None = None  # None: until stopped
+    interval: timedelta = timedelta(seconds=3)
+    delay: timedelta = timedelta(seconds=6)
+    complete_ratio: float = 0.6
+    kind: str = DEMO_KIND
+    key_prefix: str = "order-"
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class ProduceEvent:
+    """``scheduled`` (with ``due_at_ms``) or ``completed`` (with the cancel's answer)."""
+
+    what: str
+    kind: str
+    key: str
+    due_at_ms: int
+    result: CancelResult | None = None
+
+
+@dataclass
+class ProduceSummary:
+    scheduled: int = 0
+    completions: dict[str, int] = field(default_factory=dict)  # cancel answer -> count
+
+
+class Producer:
+    """Schedules one timeout every ``interval``; for ``complete_ratio`` of them the
+    complementary action (cancel) follows at a random moment before the timeout is due."""
+
+    def __init__(
+        self,
+        timeouts: Timeouts,
+        options: ProduceOptions,
+        on_event: Callable[[ProduceEvent], None] | None = None,
+    ) -> None:
+        if not 0.0 <= options.complete_ratio <= 1.0:
+            raise ValueError("complete_ratio must be between 0 and 1")
+        self.timeouts = timeouts
+        self.options = options
+        self.on_event = on_event
+        self.summary = ProduceSummary()
+        self.done = threading.Event()
+        self._stop = threading.Event()
+        self._rng = random.Random(options.seed)
+
+    def stop(self) -> None:
+        """Stop scheduling; cancels already planned are still made (they are due soon)."""
+        self._stop.set()
+
+    def run(self) -> ProduceSummary:
+        opts = self.options
+        interval = opts.interval.total_seconds()
+        delay = opts.delay.total_seconds()
+        planned: list[tuple[float, int, str, int]] = []  # (when, seq, key, due_at_ms)
+        next_at = time.monotonic()
+        made = 0
+        try:
+            while True:
+                now = time.monotonic()
+                while planned and planned[0][0] <= now:
+                    _, _, key, due = heapq.heappop(planned)
+                    result = self.timeouts.cancel(opts.kind, key)
+                    counts = self.summary.completions
+                    counts[result.value] = counts.get(result.value, 0) + 1
+                    self._emit(ProduceEvent("completed", opts.kind, key, due, result))
+                more = not self._stop.is_set() and (opts.count is None or made < opts.count)
+                if more and now >= next_at:
+                    made += 1
+                    key = f"{opts.key_prefix}{made}"
+                    record = self.timeouts.schedule(opts.kind, key, after=opts.delay)
+                    self.summary.scheduled += 1
+                    self._emit(ProduceEvent("scheduled", opts.kind, key, record.due_at_ms))
+                    if self._rng.random() < opts.complete_ratio:
+                        when = now + self._rng.uniform(0.0, delay * 0.9)
+                        heapq.heappush(planned, (when, made, key, record.due_at_ms))
+                    next_at += interval
+                    continue
+                if not more and not planned:
+                    return self.summary
+                targets = ([next_at] if more else []) + ([planned[0][0]] if planned else [])
+                # Sleep until the next action; a stop() wakes us (it only ends scheduling).
+                self._stop.wait(min(max(0.0, min(targets) - time.monotonic()), 0.5))
+        finally:
+            self.done.set()
+
+    def _emit(self, event: ProduceEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+
+# --------------------------------------------------------------------------------------------
+# The demo
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    count: int = 50
+    delay: timedelta = timedelta(seconds=2)
+    complete_ratio: float = 0.6
+    interval: timedelta = timedelta(milliseconds=100)
+    consumers: int = 2
+    concurrency: int = 2
+    settle_timeout: timedelta = timedelta(seconds=15)  # after the last due time
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class DemoProgress:
+    scheduled: int
+    cancelled: int
+    too_late: int
+    fired: int
+    total: int
+    elapsed_s: float
+
+    @property
+    def settled(self) -> int:
+        return self.cancelled + self.fired
+
+
+@dataclass
+class DemoTally:
+    """The result table, and the invariants the demo checks."""
+
+    scheduled: int = 0
+    cancelled: int = 0  # completed before due: cancel answered ``cancelled``
+    fired: int = 0  # distinct timeouts whose handler ran
+    too_late: int = 0  # cancels that answered ``too_late``
+    duplicates: int = 0  # handler runs beyond the first, per timeout
+    lost: int = 0  # neither fired nor cancelled at the end
+    early: int = 0  # handler started before the due time
+    cancelled_but_fired: int = 0  # cancel said ``cancelled`` and the handler ran anyway
+    store_mismatches: int = 0  # the store's final state disagrees with what was observed
+    lateness_p50_ms: float | None = None
+    lateness_p99_ms: float | None = None
+    elapsed_s: float = 0.0
+
+    def problems(self) -> list[str]:
+        names = ("duplicates", "lost", "early", "cancelled_but_fired", "store_mismatches")
+        return [f"{n}={getattr(self, n)}" for n in names if getattr(self, n)]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems()
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        return data
+
+
+class _Observed:
+    """What the handlers and the canceller saw, shared by the demo's threads."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.runs: dict[str, list[tuple[int, int]]] = {}  # key -> [(started_ms, due_ms)]
+        self.answers: dict[str, CancelResult] = {}
+        self.scheduled: set[str] = set()
+
+    def handler(self, t: DueTimeout) -> None:
+        started = time.time_ns() // 1_000_000
+        with self.lock:
+            self.runs.setdefault(t.key, []).append((started, to_ms(t.due_at)))
+
+    def on_produce(self, event: ProduceEvent) -> None:
+        with self.lock:
+            if event.what == "scheduled":
+                self.scheduled.add(event.key)
+            elif event.result is not None:
+                self.answers[event.key] = event.result
+
+    def progress(self, total: int, started: float) -> DemoProgress:
+        with self.lock:
+            answers = list(self.answers.values())
+            return DemoProgress(
+                scheduled=len(self.scheduled),
+                cancelled=answers.count(CancelResult.CANCELLED),
+                too_late=answers.count(CancelResult.TOO_LATE),
+                fired=len(self.runs),
+                total=total,
+                elapsed_s=time.monotonic() - started,
+            )
+
+    def settled(self) -> bool:
+        with self.lock:
+            return all(
+                k in self.runs or self.answers.get(k) is CancelResult.CANCELLED
+                for k in self.scheduled
+            )
+
+
+def run_demo(
+    open_timeouts: Callable[[], Timeouts],
+    options: DemoOptions | None = None,
+    on_progress: Callable[[DemoProgress], None] | None = None,
+) -> DemoTally:
+    """Run the scenario and return the tally; ``open_timeouts`` gives one object per actor
+    (producer, each consumer) as separate processes would have."""
+    options = options or DemoOptions()
+    started = time.monotonic()
+    observed = _Observed()
+    prefix = f"{run_id()}-"
+    produce = ProduceOptions(
+        count=options.count,
+        interval=options.interval,
+        delay=options.delay,
+        complete_ratio=options.complete_ratio,
+        key_prefix=prefix,
+        seed=options.seed,
+    )
+    actors: list[Timeouts] = []
+    threads: list[threading.Thread] = []
+    errors: list[BaseException] = []
+    consumers: list[Consumer] = []
+    try:
+        producer_side = open_timeouts()
+        actors.append(producer_side)
+        for _ in range(options.consumers):
+            side = open_timeouts()
+            actors.append(side)
+            side.handler(DEMO_KIND)(observed.handler)
+            consumers.append(side.consumer(concurrency=options.concurrency, wait_seconds=0.2))
+        producer = Producer(producer_side, produce, observed.on_produce)
+
+        def guarded(fn: Callable[[], object]) -> Callable[[], None]:
+            def target() -> None:
+                try:
+                    fn()
+                except BaseException as exc:  # re-raised on the main thread below
+                    errors.append(exc)
+                    producer.stop()
+
+            return target
+
+        for i, consumer in enumerate(consumers):
+            threads.append(threading.Thread(target=guarded(consumer.run), name=f"consumer-{i}"))
+        threads.append(threading.Thread(target=guarded(producer.run), name="producer"))
+        for thread in threads:
+            thread.daemon = True
+            thread.start()
+
+        deadline: float | None = None
+        while not errors:
+            if on_progress is not None:
+                on_progress(observed.progress(options.count, started))
+            if producer.done.is_set():
+                if deadline is None:
+                    wait = options.delay + options.settle_timeout
+                    deadline = time.monotonic() + wait.total_seconds()
+                if observed.settled() or time.monotonic() >= deadline:
+                    break
+            time.sleep(0.1)
+        time.sleep(0.3)  # a late duplicate would show up now, not after we stopped looking
+    finally:
+        for consumer in consumers:
+            consumer.stop()
+        for thread in threads:
+            thread.join(timeout=30)
+    try:
+        if errors:
+            raise errors[0]
+        if on_progress is not None:
+            on_progress(observed.progress(options.count, started))
+        tally = _tally(observed, actors[0], time.monotonic() - started)
+    finally:
+        for actor in actors:
+            actor.close()
+    return tally
+
+
+def _tally(observed: _Observed, timeouts: Timeouts, elapsed: float) -> DemoTally:
+    tally = DemoTally(elapsed_s=round(elapsed, 2))
+    lateness: list[int] = []
+    for key in sorted(observed.scheduled):
+        runs = observed.runs.get(key, [])
+        answer = observed.answers.get(key)
+        tally.scheduled += 1
+        if answer is CancelResult.CANCELLED:
+            tally.cancelled += 1
+            tally.cancelled_but_fired += bool(runs)
+        elif answer is CancelResult.TOO_LATE:
+            tally.too_late += 1
+        if runs:
+            tally.fired += 1
+            tally.duplicates += len(runs) - 1
+            tally.early += sum(1 for started, due in runs if started < due)
+            lateness.append(runs[0][0] - runs[0][1])
+        elif answer is not CancelResult.CANCELLED:
+            tally.lost += 1
+        record = timeouts.status(DEMO_KIND, key)
+        expected = TimeoutState.CANCELLED if answer is CancelResult.CANCELLED else None
+        if runs:
+            expected = TimeoutState.FIRED
+        if expected is not None and (record is None or record.state is not expected):
+            tally.store_mismatches += 1
+    if lateness:
+        lateness.sort()
+        tally.lateness_p50_ms = float(_percentile(lateness, 50))
+        tally.lateness_p99_ms = float(_percentile(lateness, 99))
+    return tally
+
+
+def _percentile(sorted_values: list[int], pct: int) -> int:
+    index = min(len(sorted_values) - 1, max(0, round(pct / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[index]
+
+
+# --------------------------------------------------------------------------------------------
+# The seed's consumer app, for ``dtimeout run consume --app dtimeout.demo:seed_app``
+# --------------------------------------------------------------------------------------------
+
+
+def seed_app() -> Timeouts:
+    """A ``Timeouts`` from configuration with a handler for the ``demo`` kind that ``run
+    produce`` schedules. The CLI prints what fires; the handler itself only logs."""
+    timeouts = Timeouts()
+
+    @timeouts.handler(DEMO_KIND)
+    def timed_out(t: DueTimeout) -> None:
+        log.info("timeout %s fired (attempt %d)", t.idempotency_key, t.attempt)
+
+    return timeouts

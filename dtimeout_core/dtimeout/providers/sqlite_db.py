@@ -189,6 +189,7 @@ class SqliteDatabase:
         self._ready = False
         self._closed = False
         self.transactions = 0
+        self.reads = 0
         self.lock_retries = 0
 
     # -- connections ---------------------------------------------------------------------------
@@ -286,7 +287,19 @@ class SqliteDatabase:
 
     def read(self, op: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` outside an explicit transaction (a WAL snapshot per statement)."""
-        return self._attempts(op, lambda: fn(self.connection()))
+        result = self._attempts(op, lambda: fn(self.connection()))
+        with self._lock:
+            self.reads += 1
+        return result
+
+    def stats(self) -> dict[str, int]:
+        """Requests made to the file: ``round_trips`` = committed transactions + reads."""
+        return {
+            "round_trips": self.transactions + self.reads,
+            "transactions": self.transactions,
+            "reads": self.reads,
+            "lock_retries": self.lock_retries,
+        }
 
     def _in_transaction(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn.execute("BEGIN IMMEDIATE")

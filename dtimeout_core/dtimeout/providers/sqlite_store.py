@@ -20,7 +20,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from dtimeout.clock import Clock
@@ -105,6 +105,7 @@ _UPSERT = (
     "ON CONFLICT (kind, key) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[2:])
 )
+_PREFETCH_CHUNK = 500  # keys per IN (...) query; far below SQLite's variable limit
 _PURGE_CHUNK = 5000
 _PURGE = (
     f"DELETE FROM {TABLE} WHERE id IN "
@@ -161,14 +162,32 @@ class _Batch:
         self._seen: dict[tuple[str, str], Timeout | None] = {}
         self._dirty: dict[tuple[str, str], Timeout] = {}
 
+    def _live(self, row: Sequence[Any] | None) -> Timeout | None:
+        record = None if row is None else _from_row(row)
+        if record is not None and record.expires_ms <= self.now_ms:
+            return None  # expired: absent, whether or not it was purged yet
+        return record
+
+    def prefetch(self, idents: Iterable[tuple[str, str]]) -> None:
+        """Read many rows with a few ``IN`` queries instead of one query per item."""
+        by_kind: dict[str, dict[str, None]] = {}
+        for kind, key in idents:
+            if (kind, key) not in self._seen:
+                by_kind.setdefault(kind, {})[key] = None
+        for kind, unique in by_kind.items():
+            keys = list(unique)
+            for start in range(0, len(keys), _PREFETCH_CHUNK):
+                chunk = keys[start : start + _PREFETCH_CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                sql = f"SELECT {_COLS} FROM {TABLE} WHERE kind = ? AND key IN ({marks})"
+                found = {row[1]: row for row in self.conn.execute(sql, (kind, *chunk))}
+                for key in chunk:
+                    self._seen[(kind, key)] = self._live(found.get(key))
+
     def get(self, kind: str, key: str) -> Timeout | None:
         ident = (kind, key)
         if ident not in self._seen:
-            row = self.conn.execute(_SELECT_ONE, ident).fetchone()
-            record = None if row is None else _from_row(row)
-            if record is not None and record.expires_ms <= self.now_ms:
-                record = None  # expired: absent, whether or not it was purged yet
-            self._seen[ident] = record
+            self._seen[ident] = self._live(self.conn.execute(_SELECT_ONE, ident).fetchone())
         return self._seen[ident]
 
     def put(self, record: Timeout | None) -> None:
@@ -206,9 +225,16 @@ class SqliteStore(Store):
         store.db.connection()  # open now, so a bad path fails at start-up, not mid-run
         return store
 
-    def _batch(self, op: str, fn: Callable[[_Batch], list[Any]]) -> list[Any]:
+    def _batch(
+        self,
+        op: str,
+        fn: Callable[[_Batch], list[Any]],
+        idents: Sequence[tuple[str, str]] = (),
+    ) -> list[Any]:
         def run(conn: sqlite3.Connection) -> list[Any]:
             batch = _Batch(conn, self.clock.now_ms())
+            if len(idents) > 1:
+                batch.prefetch(idents)
             answers = fn(batch)
             batch.flush()
             return answers
@@ -242,7 +268,9 @@ class SqliteStore(Store):
                 out.append(ScheduleOutcome(result, record, previous_handle=previous))
             return out
 
-        outcomes: list[ScheduleOutcome] = self._batch("schedule", each)
+        outcomes: list[ScheduleOutcome] = self._batch(
+            "schedule", each, [(r.kind, r.key) for r in requests]
+        )
         self._maybe_purge()
         return outcomes
 
@@ -255,7 +283,7 @@ class SqliteStore(Store):
                 b.put(decide_attach_handle(b.get(kind, key), generation=generation, handle=handle))
             return []
 
-        self._batch("attach_handles", each)
+        self._batch("attach_handles", each, [(i[0], i[1]) for i in items])
 
     def cancel(self, requests: Sequence[CancelRequest]) -> list[CancelOutcome]:
         if not requests:
@@ -277,7 +305,7 @@ class SqliteStore(Store):
                 )
             return out
 
-        return self._batch("cancel", each)
+        return self._batch("cancel", each, [(r.kind, r.key) for r in requests])
 
     def claim(self, requests: Sequence[ClaimRequest]) -> list[ClaimOutcome]:
         if not requests:
@@ -301,7 +329,9 @@ class SqliteStore(Store):
                 out.append(ClaimOutcome(result, record or current))
             return out
 
-        outcomes: list[ClaimOutcome] = self._batch("claim", each)
+        outcomes: list[ClaimOutcome] = self._batch(
+            "claim", each, [(r.message.kind, r.message.key) for r in requests]
+        )
         self._maybe_purge()
         return outcomes
 
@@ -323,7 +353,7 @@ class SqliteStore(Store):
                 out.append(held)
             return out
 
-        return self._batch("renew", each)
+        return self._batch("renew", each, [(x.kind, x.key) for x in leases])
 
     def complete(self, leases: Sequence[LeaseRef]) -> list[SettleResult]:
         if not leases:
@@ -342,7 +372,7 @@ class SqliteStore(Store):
                 out.append(result)
             return out
 
-        return self._batch("complete", each)
+        return self._batch("complete", each, [(x.kind, x.key) for x in leases])
 
     def release(
         self,
@@ -454,8 +484,4 @@ class SqliteStore(Store):
         self.db.close()
 
     def stats(self) -> dict[str, int]:
-        return {
-            "transactions": self.db.transactions,
-            "lock_retries": self.db.lock_retries,
-            "purged": self.purged,
-        }
+        return {**self.db.stats(), "purged": self.purged}

@@ -288,8 +288,4 @@ class SqliteTransport(Transport):
         self.db.close()
 
     def stats(self) -> dict[str, int]:
-        return {
-            "transactions": self.db.transactions,
-            "lock_retries": self.db.lock_retries,
-            "polls": self.polls,
-        }
+        return {**self.db.stats(), "polls": self.polls}

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from dtimeout.clock import Clock
 from dtimeout.providers.sqlite_store import SqliteStore
 from dtimeout.providers.sqlite_transport import SqliteTransport

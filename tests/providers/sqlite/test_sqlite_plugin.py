@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pluggy
 import pytest
+
 from dtimeout import hookspecs
 from dtimeout.clock import FakeClock
 from dtimeout.errors import ConfigurationError

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import sqlite_workers
+
 from dtimeout.clock import SYSTEM_CLOCK
 from dtimeout.interfaces import OutgoingMessage
 from dtimeout.model import TimeoutMessage, TimeoutState

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from dtimeout.clock import FakeClock
 from dtimeout.errors import ConfigurationError
 from dtimeout.providers.sqlite import DEFAULT_URL, open_store, open_transport

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from dtimeout.clock import FakeClock
 from dtimeout.errors import (
     ConfigurationError,
@@ -127,6 +128,21 @@ def test_list_orders_by_due_and_honours_limit_and_kind(
     assert keys == ["k9", "k8", "k7", "k6"]
     assert [t.kind for t in store.list(limit=1)] == ["other"]
     assert store.list(limit=0) == []
+
+
+def test_large_batches_over_several_kinds_read_every_row_right(
+    store: SqliteStore, clock: FakeClock
+) -> None:
+    now = clock.now_ms()
+    short = [ScheduleRequest("a", f"k{i}", now, None, 1_000) for i in range(600)]
+    long = [ScheduleRequest("b", f"k{i}", now, {"i": i}, DAY_MS) for i in range(600)]
+    store.schedule(short + long)
+    clock.advance(5)  # every "a" record has expired, no "b" record has
+    asks = [CancelRequest(kind, f"k{i}", "r") for i in range(605) for kind in ("a", "b")]
+    answers = {(r.kind, r.key): o.result for r, o in zip(asks, store.cancel(asks), strict=True)}
+    assert all(answers[("a", f"k{i}")] is CancelResult.NOT_FOUND for i in range(605))
+    assert all(answers[("b", f"k{i}")] is CancelResult.CANCELLED for i in range(600))
+    assert all(answers[("b", f"k{i}")] is CancelResult.NOT_FOUND for i in range(600, 605))
 
 
 # -- expiry --------------------------------------------------------------------------------------

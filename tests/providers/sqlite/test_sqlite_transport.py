@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from dtimeout.clock import FakeClock
 from dtimeout.errors import PayloadTooLargeError, TransportError, ValidationError
 from dtimeout.interfaces import CancelRef, OutgoingMessage

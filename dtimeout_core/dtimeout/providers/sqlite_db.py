@@ -47,6 +47,7 @@ T = TypeVar("T")
 SCHEME = "sqlite"
 DEFAULT_URL = "sqlite:///./.dtimeout/dtimeout.db"
 SCHEMA_VERSION = 1
+MIN_SQLITE = (3, 24, 0)  # INSERT … ON CONFLICT DO UPDATE
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
 # SQLITE_BUSY and SQLITE_LOCKED (primary result codes; extended codes carry them in the low byte).
 _BUSY_CODES = (5, 6)
@@ -207,6 +208,11 @@ class SqliteDatabase:
         return holder.conn
 
     def _connect(self) -> sqlite3.Connection:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise ConfigurationError(
+                f"the sqlite provider needs SQLite {'.'.join(map(str, MIN_SQLITE))} or newer "
+                f"(upserts); this Python uses {sqlite3.sqlite_version}"
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

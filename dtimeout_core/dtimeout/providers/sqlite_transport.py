@@ -78,6 +78,18 @@ _LEASE = (
     f"(SELECT id FROM {MESSAGES} WHERE visible_at_ms <= ? ORDER BY visible_at_ms, id LIMIT ?) "
     "RETURNING message_id, body, delivery_count, due_at_ms"
 )
+# ``RETURNING`` arrived in SQLite 3.35 (2021); older libraries (some LTS distributions' system
+# Python) select then update instead. Both run inside BEGIN IMMEDIATE, holding the write lock,
+# so no other consumer can lease the same rows in between either way.
+HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+_DUE = (
+    f"SELECT id, message_id, body, delivery_count + 1, due_at_ms FROM {MESSAGES} "
+    "WHERE visible_at_ms <= ? ORDER BY visible_at_ms, id LIMIT ?"
+)
+_LEASE_ONE = (
+    f"UPDATE {MESSAGES} SET lease_token = ?, visible_at_ms = ?, "
+    "delivery_count = delivery_count + 1 WHERE id = ?"
+)
 _NEXT_VISIBLE = f"SELECT MIN(visible_at_ms) FROM {MESSAGES}"
 _ACK = f"DELETE FROM {MESSAGES} WHERE message_id = ? AND lease_token = ?"
 _RETRY = (
@@ -209,7 +221,11 @@ class SqliteTransport(Transport):
 
         def lease(c: sqlite3.Connection) -> list[tuple[str, bytes, int, int]]:
             now = self.clock.now_ms()
-            return c.execute(_LEASE, (token, now + lease_ms, now, count)).fetchall()
+            if HAS_RETURNING:
+                return c.execute(_LEASE, (token, now + lease_ms, now, count)).fetchall()
+            due = c.execute(_DUE, (now, count)).fetchall()
+            c.executemany(_LEASE_ONE, [(token, now + lease_ms, row[0]) for row in due])
+            return [(mid, body, n, due_at) for _, mid, body, n, due_at in due]
 
         rows = self.db.write("receive", lease)
         rows.sort(key=lambda r: (r[3], r[0]))

@@ -16,14 +16,19 @@ from typing import Any
 from dtimeout.clock import SYSTEM_CLOCK
 from dtimeout.interfaces import CancelRef, CancelRequest, OutgoingMessage, ScheduleRequest
 from dtimeout.model import TimeoutMessage
+from dtimeout.providers import sqlite_transport
 from dtimeout.providers.sqlite_store import SqliteStore
 from dtimeout.providers.sqlite_transport import SqliteTransport
 
 KIND = "race"
 
 
-def receiver(url: str, report: str, lease_s: float, ready: Event, go: Event) -> None:
-    """Receive and ack until the queue stays empty; write the ids received."""
+def receiver(
+    url: str, report: str, lease_s: float, returning: bool, ready: Event, go: Event
+) -> None:
+    """Receive and ack until the queue stays empty; write the ids received. ``returning``
+    False forces the select-then-update lease used on SQLite older than 3.35."""
+    sqlite_transport.HAS_RETURNING = returning
     transport = SqliteTransport.from_url(url, SYSTEM_CLOCK)
     ready.set()
     go.wait(30)

@@ -57,8 +57,9 @@ def run_all(
     assert [p.exitcode for p in procs] == [0] * len(procs)
 
 
+@pytest.mark.parametrize("returning", [True, False], ids=["returning", "select-then-update"])
 def test_concurrent_receivers_never_get_the_same_message(
-    tmp_path: Path, procs: list[SpawnProcess]
+    tmp_path: Path, procs: list[SpawnProcess], returning: bool
 ) -> None:
     url = f"sqlite:///{tmp_path}/q.db"
     n = 3000
@@ -72,7 +73,7 @@ def test_concurrent_receivers_never_get_the_same_message(
         transport.send(messages[start : start + 500])
     reports = [tmp_path / f"r{i}.json" for i in range(4)]
     # A lease far longer than the test: any second delivery would be a double hand-out.
-    run_all(procs, sqlite_workers.receiver, [(url, str(r), 120.0) for r in reports], 60)
+    run_all(procs, sqlite_workers.receiver, [(url, str(r), 120.0, returning) for r in reports], 60)
     data = [json.loads(r.read_text()) for r in reports]
     assert [d["errors"] for d in data] == [[]] * 4
     received = [mid for d in data for mid, _ in d["got"]]

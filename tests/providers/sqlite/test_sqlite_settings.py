@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,12 @@ def test_a_file_that_is_not_a_database_is_a_configuration_error(tmp_path: Path) 
     junk.write_bytes(b"this is not an sqlite file at all" * 100)
     with pytest.raises(ConfigurationError, match=r"junk\.db"):
         open_transport(f"sqlite:///{junk}", FakeClock())
+
+
+def test_an_sqlite_library_without_upserts_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 22, 0))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.22.0")
+    with pytest.raises(ConfigurationError, match=r"needs SQLite 3\.24\.0 or newer.*uses 3\.22\.0"):
+        open_store(f"sqlite:///{tmp_path}/old.db", FakeClock())

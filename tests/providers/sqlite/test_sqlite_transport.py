@@ -13,6 +13,7 @@ from dtimeout.clock import FakeClock
 from dtimeout.errors import PayloadTooLargeError, TransportError, ValidationError
 from dtimeout.interfaces import CancelRef, OutgoingMessage
 from dtimeout.model import TimeoutMessage
+from dtimeout.providers import sqlite_transport
 from dtimeout.providers.sqlite_store import SqliteStore
 from dtimeout.providers.sqlite_transport import MESSAGES, SqliteTransport
 
@@ -37,6 +38,15 @@ def transport(path: Path, clock: FakeClock) -> Iterator[SqliteTransport]:
     transport.close()
 
 
+@pytest.fixture(params=["returning", "select-then-update"])
+def lease_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test over both ways ``receive`` leases rows (``RETURNING`` needs SQLite 3.35)."""
+    if request.param == "returning" and not sqlite_transport.HAS_RETURNING:
+        pytest.fail(f"this Python's SQLite {sqlite3.sqlite_version} lacks RETURNING")
+    monkeypatch.setattr(sqlite_transport, "HAS_RETURNING", request.param == "returning")
+    return str(request.param)
+
+
 def message(clock: FakeClock, key: str, in_ms: int, generation: int = 1) -> OutgoingMessage:
     due = clock.now_ms() + in_ms
     body = TimeoutMessage(KIND, key, generation, due, {"key": key}).encode()
@@ -58,7 +68,7 @@ def test_capabilities_declare_no_delay_limit_and_native_cancel(
 
 
 def test_due_messages_come_oldest_due_first_up_to_max(
-    transport: SqliteTransport, clock: FakeClock
+    transport: SqliteTransport, clock: FakeClock, lease_path: str
 ) -> None:
     transport.send([message(clock, f"m{i}", 1_000 - i * 10) for i in range(20)])
     assert transport.send([]) == []
@@ -89,7 +99,7 @@ def test_a_resend_of_the_same_id_never_duplicates(
 
 
 def test_a_stale_delivery_cannot_ack_retry_extend_or_dead_letter_a_re_leased_message(
-    path: Path, transport: SqliteTransport, clock: FakeClock
+    path: Path, transport: SqliteTransport, clock: FakeClock, lease_path: str
 ) -> None:
     transport.send([message(clock, "a", 0)])
     (stale,) = transport.receive(1, 0, 1.0)
@@ -109,7 +119,7 @@ def test_a_stale_delivery_cannot_ack_retry_extend_or_dead_letter_a_re_leased_mes
 
 
 def test_retry_later_counts_hand_outs_and_hides_until_the_delay(
-    transport: SqliteTransport, clock: FakeClock
+    transport: SqliteTransport, clock: FakeClock, lease_path: str
 ) -> None:
     transport.send([message(clock, "a", 0)])
     (d1,) = transport.receive(1, 0, LEASE_S)

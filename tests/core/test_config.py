@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
 from dtimeout.config import DEFAULT_URL, Settings, load_settings
 from dtimeout.errors import ConfigurationError
 from dtimeout.model import OrphanPolicy

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from dtimeout.durations import format_duration, parse_duration
-from dtimeout.errors import ValidationError
 from hypothesis import given
 from hypothesis import strategies as st
+
+from dtimeout.durations import format_duration, parse_duration
+from dtimeout.errors import ValidationError
 
 
 @pytest.mark.parametrize(

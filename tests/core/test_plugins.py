@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from dtimeout import ProviderInfo, hookimpl
 from dtimeout.errors import PluginError
 from dtimeout.plugins import (

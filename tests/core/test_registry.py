@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+
 from dtimeout import FakeClock, ProviderInfo, Store, Transport, hookimpl
 from dtimeout.errors import ConfigurationError, PluginError, UnknownSchemeError
 from dtimeout.plugins import PluginLoadFailure, make_plugin_manager

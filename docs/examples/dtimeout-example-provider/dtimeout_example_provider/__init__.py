@@ -1,0 +1,1 @@
+"""An example dtimeout provider (``example://NAME``); see ``plugin.py``."""

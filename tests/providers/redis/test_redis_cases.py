@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from dtimeout.app import ScheduleItem, Timeouts
 from dtimeout.model import CancelResult, DueTimeout, TimeoutState
 from dtimeout.testing.processes import consumer_process, read_calls

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 
 import pytest
+
 from dtimeout.clock import Clock
 from dtimeout.providers.redis.plugin import open_store, open_transport
 from dtimeout.providers.redis.store import RedisStore

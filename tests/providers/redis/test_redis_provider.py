@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis_proxy import DroppingProxy
+
 from dtimeout.clock import SYSTEM_CLOCK, FakeClock
 from dtimeout.errors import ConfigurationError, TransientStoreError, TransientTransportError
 from dtimeout.interfaces import (
@@ -34,7 +36,6 @@ from dtimeout.providers.redis.plugin import open_store, open_transport
 from dtimeout.providers.redis.store import RedisStore
 from dtimeout.providers.redis.transport import RedisTransport
 from dtimeout.testing.servers import RedisSentinelServer, RedisServer, free_port, make_tls_files
-from redis_proxy import DroppingProxy
 
 DAY = 24 * 3600 * 1000
 

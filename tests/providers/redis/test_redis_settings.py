@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from dtimeout.errors import ConfigurationError
 from dtimeout.providers.redis import keys as K
 from dtimeout.providers.redis.settings import PASSWORD_ENV, parse_url

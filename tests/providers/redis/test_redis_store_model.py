@@ -13,13 +13,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
 from dtimeout.clock import FakeClock
 from dtimeout.interfaces import CancelRequest, ClaimRequest, LeaseRef, ScheduleRequest
 from dtimeout.model import OrphanPolicy, TimeoutMessage, TimeoutState
 from dtimeout.providers.memory import MemoryStore
 from dtimeout.providers.redis.plugin import open_store
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
 
 KIND = "k"
 KEYS = ("a", "b")  # every key the operations use

@@ -35,8 +35,8 @@ F_HANDLE = "h"
 F_UPDATED = "u"
 F_EXPIRES = "e"
 F_ORPHAN = "f"
-F_OP = "q"  # id of the last schedule/release/abandon applied: a re-sent call gets its answer
-F_OP_RESULT = "qr"
+# ``OPID:ANSWER`` of the last schedule/release/abandon applied: a re-sent call gets its answer.
+F_OP = "q"
 
 # The order in which scripts return a record (``_record.lua`` ``rec_reply``); the payload
 # follows as the last element when the script includes it.

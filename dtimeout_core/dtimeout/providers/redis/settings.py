@@ -9,9 +9,9 @@ Four schemes (DESIGN §3)::
 
 Options: ``prefix`` (key prefix, default ``dtimeout``), ``shards`` (due-index shards; default 16
 on cluster, 1 elsewhere), ``socket_timeout``, ``connect_timeout``, ``health_check_interval``,
-``retries`` (redis-py re-sends after a connection error; default 10, about 4 s of
-backoff in all, enough to ride out a restart without the caller noticing), ``poll_interval`` (longest idle poll
-of the transport), ``max_connections``; TLS: ``ssl`` (for cluster and sentinel), ``ssl_ca_certs``,
+``retries`` (redis-py re-sends after a connection error; default 10, about 4 s of backoff in
+all, enough to ride out a restart unnoticed), ``poll_interval`` (longest idle poll of the
+transport), ``max_connections``; TLS: ``ssl`` (for cluster and sentinel), ``ssl_ca_certs``,
 ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs`` (``required``/``optional``/``none``),
 ``ssl_check_hostname``; sentinel: ``master``, ``sentinel_username``, ``sentinel_password``.
 Durations are seconds (``0.5``) or carry a unit (``500ms``, ``5s``, ``1m``).

@@ -115,7 +115,7 @@ class RedisStore(Store):
             "store_cancel.lua",
             requests,
             lambda r: self._key(r.kind, r.key),
-            lambda r: (r.request_id,),
+            lambda r: r.request_id,
             [],
         )
         out: list[CancelOutcome] = []

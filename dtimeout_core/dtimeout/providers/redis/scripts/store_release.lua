@@ -8,7 +8,7 @@
 local key = KEYS[1]
 local gen, owner, backoff = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local max_attempts, err, retention, op = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]), ARGV[8]
-local cur = load(key)
+local cur = load(key, true)
 if cur and cur.q == op then
   return reply(cur.qr, cur, true)
 end

@@ -1,16 +1,17 @@
 -- store_renew.lua: decide_renew (dtimeout/model.py) for each lease.
 -- KEYS[i]  the record of item i
 -- ARGV[1]  now ms, or '' to use the server's TIME
--- ARGV[2]  lease ms
--- ARGV[3 + 2*(i-1) ..]  generation, owner token   of item i
--- Returns per item 1 while the caller still holds the lease, else 0.
+-- ARGV[2]  JSON array, item i = [generation, owner token]
+-- ARGV[3]  lease ms
+-- Returns one JSON array (a single bulk reply parses far faster than nested ones):
+-- per item 1 while the caller still holds the lease, else 0.
 
-local lease_ms = tonumber(ARGV[2])
+local items = cjson.decode(ARGV[2])
+local lease_ms = tonumber(ARGV[3])
 local out = {}
 for i = 1, #KEYS do
-  local b = 3 + 2 * (i - 1)
   local cur = load(KEYS[i])
-  if holds(cur, tonumber(ARGV[b]), ARGV[b + 1]) then
+  if holds(cur, items[i][1], items[i][2]) then
     cur.l = NOW + lease_ms
     cur.u = NOW
     save(KEYS[i], cur, false)
@@ -19,4 +20,4 @@ for i = 1, #KEYS do
     out[i] = 0
   end
 end
-return out
+return cjson.encode(out)

@@ -121,7 +121,9 @@ def _plugin_commands(pm: pluggy.PluginManager, app: typer.Typer) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (the console script passes it to ``sys.exit``)."""
-    logging.basicConfig(level=logging.WARNING, format="dtimeout: %(levelname)s: %(message)s")
+    logging.basicConfig(format="dtimeout: %(levelname)s: %(message)s")
+    root = logging.getLogger()
+    level = root.level
     try:
         command = typer.main.get_command(make_app())
         result = command.main(
@@ -133,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except (Exception, KeyboardInterrupt, typer.Abort) as exc:
         return errors.report(exc)
+    finally:
+        root.setLevel(level)  # --log-level is for this run (main() also runs in-process)
     return result if isinstance(result, int) else errors.EXIT_OK
 
 

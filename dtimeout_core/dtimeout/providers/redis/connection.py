@@ -300,6 +300,7 @@ class RedisConnection:
         key_of: Callable[[Any], str],
         args_of: Callable[[Any], Any],
         common: Sequence[Any],
+        extra_keys: Sequence[str] = (),
     ) -> list[Any]:
         """Run a multi-item script over ``items``; one reply per item, in order.
 
@@ -310,6 +311,7 @@ class RedisConnection:
 
         Standalone: chunks of up to ``CHUNK`` items per call, all chunks in one pipeline. Cluster:
         one call per hash slot (a script may only touch keys of one slot), pipelined.
+        ``extra_keys`` follow the items' keys in every call (standalone only).
         """
         groups: dict[int, list[int]] = {}
         if self.settings.cluster:
@@ -324,9 +326,8 @@ class RedisConnection:
             packed = json.dumps(
                 [args_of(items[i]) for i in members], ensure_ascii=False, separators=(",", ":")
             )
-            calls.append(
-                (name, [key_of(items[i]) for i in members], [self.now_arg(), packed, *common])
-            )
+            keys = [key_of(items[i]) for i in members]
+            calls.append((name, [*keys, *extra_keys], [self.now_arg(), packed, *common]))
         replies = self.run_many(calls)
         out: list[Any] = [None] * len(items)
         for members, reply in zip(order, replies, strict=True):

@@ -11,9 +11,11 @@ Options: ``prefix`` (key prefix, default ``dtimeout``), ``shards`` (due-index sh
 on cluster, 1 elsewhere), ``socket_timeout``, ``connect_timeout``, ``health_check_interval``,
 ``retries`` (redis-py re-sends after a connection error; default 10, about 4 s of backoff in
 all, enough to ride out a restart unnoticed), ``poll_interval`` (longest idle poll of the
-transport), ``max_connections``; TLS: ``ssl`` (for cluster and sentinel), ``ssl_ca_certs``,
-``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs`` (``required``/``optional``/``none``),
-``ssl_check_hostname``; sentinel: ``master``, ``sentinel_username``, ``sentinel_password``.
+transport), ``max_connections``, ``fuse`` (schedule enqueues the message itself when this
+process's store and transport share server and prefix; see ``fusion.py``).
+TLS: ``ssl`` (for cluster and sentinel), ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
+``ssl_cert_reqs`` (``required``/``optional``/``none``), ``ssl_check_hostname``.
+Sentinel: ``master``, ``sentinel_username``, ``sentinel_password``.
 Durations are seconds (``0.5``) or carry a unit (``500ms``, ``5s``, ``1m``).
 
 A password absent from the URL is taken from ``DTIMEOUT_REDIS_PASSWORD`` so it need not appear in
@@ -52,6 +54,7 @@ _OPTIONS = {
     "retries",
     "poll_interval",
     "max_connections",
+    "fuse",
     "ssl",
     "ssl_ca_certs",
     "ssl_certfile",
@@ -82,6 +85,7 @@ class RedisSettings:
     retries: int = 10
     poll_interval: float = 0.05
     max_connections: int | None = None
+    fuse: bool = True
     ssl: bool = False
     ssl_ca_certs: str | None = None
     ssl_certfile: str | None = None
@@ -202,7 +206,7 @@ def _convert(name: str, raw: str) -> Any:
         return _int(raw, name, 1 if name == "shards" else 0)
     if name in ("socket_timeout", "connect_timeout", "health_check_interval", "poll_interval"):
         return _seconds(raw, name)
-    if name in ("ssl", "ssl_check_hostname"):
+    if name in ("ssl", "ssl_check_hostname", "fuse"):
         return _bool(raw, name)
     return raw or None
 

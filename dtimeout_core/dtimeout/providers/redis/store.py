@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dtimeout.clock import Clock, is_fake
 from dtimeout.errors import ValidationError
@@ -41,12 +41,17 @@ from dtimeout.model import (
     ScheduleResult,
     SettleResult,
     Timeout,
+    TimeoutMessage,
     TimeoutState,
     encode_payload,
 )
+from dtimeout.providers.redis import fusion
 from dtimeout.providers.redis import keys as K
 from dtimeout.providers.redis.connection import RedisConnection, decode, optional
 from dtimeout.providers.redis.settings import RedisSettings
+
+if TYPE_CHECKING:
+    from dtimeout.providers.redis.transport import RedisTransport
 
 SCRIPTS = (
     "store_schedule.lua",
@@ -72,6 +77,11 @@ class RedisStore(Store):
         self.settings = settings
         self.prefix = settings.prefix
         self.conn = RedisConnection(settings, clock, "store", SCRIPTS, client)
+        # Fusion with this process's transport on the same queue (see fusion.py): ``partner``
+        # once confirmed; ``produced`` the ids the last unfused schedule needed sent.
+        self.partner: RedisTransport | None = None
+        self.produced: frozenset[str] = frozenset()
+        fusion.register_store(self)
 
     def _key(self, kind: str, key: str) -> str:
         return K.record_key(self.prefix, kind, key)
@@ -81,13 +91,34 @@ class RedisStore(Store):
     def schedule(self, requests: Sequence[ScheduleRequest]) -> list[ScheduleOutcome]:
         if not requests:
             return []
-        replies = self.conn.batched(
-            "store_schedule.lua",
-            requests,
-            lambda r: self._key(r.kind, r.key),
-            lambda r: (r.due_at_ms, encode_payload(r.payload), r.retention_ms),
-            [uuid.uuid4().hex[:16]],
-        )
+        partner = self.partner
+        op = uuid.uuid4().hex[:16]
+        if partner is None:
+            replies = self.conn.batched(
+                "store_schedule.lua",
+                requests,
+                lambda r: self._key(r.kind, r.key),
+                lambda r: (r.due_at_ms, encode_payload(r.payload), r.retention_ms),
+                [op, ""],
+            )
+        else:
+            queue = partner.shards[0]
+            bodies = [_body_parts(r) for r in requests]
+            replies = self.conn.batched(
+                "store_schedule.lua",
+                list(zip(requests, bodies, strict=True)),
+                lambda rb: self._key(rb[0].kind, rb[0].key),
+                lambda rb: (
+                    rb[0].due_at_ms,
+                    encode_payload(rb[0].payload),
+                    rb[0].retention_ms,
+                    f"{rb[0].kind}:{rb[0].key}:",
+                    rb[1][0],
+                    rb[1][1],
+                ),
+                [op, "1"],
+                extra_keys=[queue.due, queue.body],
+            )
         out: list[ScheduleOutcome] = []
         for request, reply in zip(requests, replies, strict=True):
             result = ScheduleResult(decode(reply[0]))
@@ -95,6 +126,18 @@ class RedisStore(Store):
             timeout = _record(request.kind, request.key, reply, payload)
             previous = optional(reply[14]) if result is ScheduleResult.ADVANCED else None
             out.append(ScheduleOutcome(result, timeout, previous))
+        needed = [o.timeout for o in out if o.result.needs_message]
+        if partner is not None:
+            partner.memo.add(
+                {
+                    t.idempotency_key: TimeoutMessage(
+                        t.kind, t.key, t.generation, t.due_at_ms, t.payload
+                    ).encode()
+                    for t in needed
+                }
+            )
+        else:
+            self.produced = frozenset(t.idempotency_key for t in needed)
         return out
 
     def attach_handles(self, items: Sequence[tuple[str, str, int, str]]) -> None:
@@ -285,6 +328,15 @@ class _Unset:
 
 
 _UNSET: Any = _Unset()
+
+
+def _body_parts(request: ScheduleRequest) -> tuple[str, str]:
+    """The encoded message around its generation, so the script can finish it: ``head +
+    str(generation) + tail`` is byte for byte ``TimeoutMessage(...).encode()``."""
+    body = TimeoutMessage(request.kind, request.key, 0, request.due_at_ms, request.payload)
+    text = body.encode().decode("utf-8")
+    head, _, tail = text.partition('"generation":0,')
+    return head + '"generation":', "," + tail
 
 
 def _record(kind: str, key: str, reply: Sequence[Any], payload: Any) -> Timeout:

@@ -32,6 +32,7 @@ from dtimeout.interfaces import (
     Transport,
     TransportCapabilities,
 )
+from dtimeout.providers.redis import fusion
 from dtimeout.providers.redis.connection import CHUNK, RedisConnection, decode
 from dtimeout.providers.redis.keys import ShardKeys, shard_of
 from dtimeout.providers.redis.settings import RedisSettings
@@ -68,6 +69,8 @@ class RedisTransport(Transport):
         self.conn = RedisConnection(settings, clock, "transport", SCRIPTS, client)
         self._cursor = 0
         self.polls = 0
+        self.memo = fusion.Memo()  # messages a fused store already enqueued
+        self.skipped = 0
 
     def _shard(self, message_id: str) -> ShardKeys:
         return self.shards[shard_of(message_id, len(self.shards))]
@@ -75,8 +78,24 @@ class RedisTransport(Transport):
     # -- sending ---------------------------------------------------------------------------------
 
     def send(self, messages: Sequence[OutgoingMessage]) -> list[str | None]:
+        store = fusion.find_store(self.settings)
+        if store is not None and store.clock is self.clock:
+            if store.partner is self:
+                todo = [m for m in messages if not self.memo.take(m.message_id, m.body)]
+                self.skipped += len(messages) - len(todo)
+                messages_to_send: Sequence[OutgoingMessage] = todo
+            else:
+                messages_to_send = messages
+                if (
+                    store.partner is None
+                    and store.produced
+                    and ({m.message_id for m in messages} <= store.produced)
+                ):
+                    store.partner = self  # the app sends what that store schedules: fuse
+        else:
+            messages_to_send = messages
         by_shard: dict[int, list[OutgoingMessage]] = {}
-        for m in messages:
+        for m in messages_to_send:
             by_shard.setdefault(self._shard(m.message_id).index, []).append(m)
         calls: list[_Call] = []
         for index, group in by_shard.items():
@@ -85,7 +104,8 @@ class RedisTransport(Transport):
                 for m in group[start : start + CHUNK]:
                     args.extend((m.message_id, m.due_at_ms, m.body))
                 calls.append(("queue_send.lua", self.shards[index].all(), args))
-        self.conn.run_many(calls)
+        if calls:
+            self.conn.run_many(calls)
         return [None] * len(messages)  # ids are enough to cancel natively
 
     # -- receiving -------------------------------------------------------------------------------
@@ -236,4 +256,4 @@ class RedisTransport(Transport):
         self.conn.close()
 
     def stats(self) -> dict[str, int]:
-        return {**self.conn.stats(), "polls": self.polls}
+        return {**self.conn.stats(), "polls": self.polls, "fused_sends": self.skipped}

@@ -1,8 +1,12 @@
 -- store_schedule.lua: decide_schedule (dtimeout/model.py) for each item.
 -- KEYS[i]  the record of item i (P:t:{KIND:KEY})
 -- ARGV[1]  now ms, or '' to use the server's TIME
--- ARGV[2]  JSON array, item i = [due ms, payload JSON text, retention ms]
+-- ARGV[2]  JSON array, item i = [due ms, payload JSON text, retention ms] and, when fused,
+--          [.., message id prefix 'KIND:KEY:', body head, body tail]
 -- ARGV[3]  id of this call; item i is operation ARGV[3]..'.'..i (a re-send answers as before)
+-- ARGV[4]  '1' when fused (fusion.py): KEYS[n+1], KEYS[n+2] are the queue's due zset and body
+--          hash, and every answer that needs a message enqueues it here, in the same script:
+--          id PREFIX..generation, body HEAD..generation..TAIL, due at the record's due time
 -- Returns one JSON array (a single bulk reply parses far faster than nested ones):
 -- one reply (see _record.lua) per item; answers created|advanced|extended|refused.
 
@@ -51,9 +55,17 @@ local function schedule(key, due, payload, retention, op)
 end
 
 local items = cjson.decode(ARGV[2])
+local fused = ARGV[4] == '1'
 local out = {}
-for i = 1, #KEYS do
+for i = 1, #items do
   local it = items[i]
-  out[i] = schedule(KEYS[i], it[1], it[2], it[3], ARGV[3] .. '.' .. i)
+  local answer = schedule(KEYS[i], it[1], it[2], it[3], ARGV[3] .. '.' .. i)
+  out[i] = answer
+  if fused and (answer[1] == 'created' or answer[1] == 'advanced') then
+    local gen = I(answer[3])
+    local id = it[4] .. gen
+    redis.call('HSET', KEYS[#items + 2], id, it[5] .. gen .. it[6])
+    redis.call('ZADD', KEYS[#items + 1], I(answer[4]), id)
+  end
 end
 return cjson.encode(out)

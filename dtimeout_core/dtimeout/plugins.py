@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
-from types import ModuleType
 
 import pluggy
 
@@ -60,6 +60,16 @@ class PluginOrigin:
     version: str | None
 
 
+_reported: set[PluginLoadFailure] = set()
+_reported_lock = threading.Lock()
+
+
+def reset_failure_reports() -> None:
+    """Forget which failures were logged (tests that count log lines)."""
+    with _reported_lock:
+        _reported.clear()
+
+
 class DtimeoutPluginManager(pluggy.PluginManager):
     """A pluggy manager that also remembers load failures and each plugin's origin.
 
@@ -76,11 +86,22 @@ class DtimeoutPluginManager(pluggy.PluginManager):
         return self.origins.get(plugin_name)
 
     def record_failure(self, failure: PluginLoadFailure) -> None:
-        """Remember and log a failure once (the same plugin failing twice is one report)."""
+        """Remember a failure and log it once per process.
+
+        A process may build several managers (the CLI builds one, a user's ``Timeouts()`` in
+        ``run consume --app`` another); the user hears about a broken plugin once, and
+        ``dtimeout providers`` shows it every time.
+        """
         if failure in self.load_failures:
             return
         self.load_failures.append(failure)
-        logger.warning("%s; skipped", failure.describe())
+        with _reported_lock:
+            first = failure not in _reported
+            _reported.add(failure)
+        if first:
+            logger.warning("%s; skipped", failure.describe())
+        else:
+            logger.debug("%s; skipped (reported before)", failure.describe())
 
 
 def make_plugin_manager(
@@ -165,13 +186,6 @@ def _register(
         return
     pm.origins[name] = PluginOrigin(name, dist, version)
     logger.debug("registered plugin %r from %s %s", name, dist, version)
-
-
-def plugin_module_name(plugin: object) -> str | None:
-    """The module a plugin lives in (for messages)."""
-    if isinstance(plugin, ModuleType):
-        return plugin.__name__
-    return getattr(type(plugin), "__module__", None)
 
 
 def _distribution_version(name: str) -> str | None:

@@ -25,6 +25,7 @@ from dtimeout.plugins import (
     DtimeoutPluginManager,
     PluginLoadFailure,
     make_plugin_manager,
+    reset_failure_reports,
 )
 from dtimeout.providers import memory
 from dtimeout.registry import Registry
@@ -190,8 +191,10 @@ def test_broken_entry_point_is_reported_once_and_skipped(
         {"broken": "dtimeout_broken_plugin"},
         {"dtimeout_broken_plugin": "raise ImportError('needs libfoo 9')\n"},
     )
+    reset_failure_reports()
     with caplog.at_level(logging.WARNING, logger="dtimeout.plugins"):
         pm = make_plugin_manager()
+        make_plugin_manager()  # a second manager in the same process: no second report
     registry = Registry.from_plugin_manager(pm)
     assert "memory" in registry.transports
     broken = [f for f in registry.failures if f.name == "broken"]

@@ -103,35 +103,44 @@ class Timeouts:
         store: str | Store | None = None,
         *,
         clock: Clock | None = None,
-        retention: timedelta = timedelta(milliseconds=DEFAULT_RETENTION_MS),
-        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-        lease: timedelta = timedelta(seconds=30),
+        retention: timedelta | None = None,
+        max_attempts: int | None = None,
+        lease: timedelta | None = None,
         retry_backoff: timedelta = timedelta(seconds=1),
-        orphans: OrphanPolicy | str = OrphanPolicy.FIRE,
+        orphans: OrphanPolicy | str | None = None,
         retry: RetryPolicy | None = None,
         plugin_manager: pluggy.PluginManager | None = None,
     ) -> None:
-        self.clock = clock or SYSTEM_CLOCK
-        self.retention_ms = _positive_ms(retention, "retention")
-        self.lease_ms = _positive_ms(lease, "lease")
-        self.retry_backoff_ms = _positive_ms(retry_backoff, "retry_backoff")
-        if max_attempts < 1:
-            raise ValidationError("max_attempts must be at least 1")
-        self.max_attempts = max_attempts
-        try:
-            self.orphans = OrphanPolicy(orphans)
-        except ValueError:
-            raise ValidationError(f"orphans must be 'fire' or 'drop', not {orphans!r}") from None
-        self.handlers: dict[str, Handler] = {}
-        self._pm = plugin_manager
         transport_url = transport if isinstance(transport, str) else None
         store_url = store if isinstance(store, str) else None
         if transport is None or store is None:
+            # Built from configuration: the configured values fill whatever was not given.
             from dtimeout.config import load_settings
 
             settings = load_settings()
             transport_url = transport_url or (settings.transport if transport is None else None)
             store_url = store_url or (settings.store if store is None else None)
+            retention = retention if retention is not None else settings.retention
+            max_attempts = max_attempts if max_attempts is not None else settings.max_attempts
+            lease = lease if lease is not None else settings.lease
+            orphans = orphans if orphans is not None else settings.orphans
+        self.clock = clock or SYSTEM_CLOCK
+        self.retention_ms = _positive_ms(
+            retention if retention is not None else timedelta(milliseconds=DEFAULT_RETENTION_MS),
+            "retention",
+        )
+        self.lease_ms = _positive_ms(lease or timedelta(seconds=30), "lease")
+        self.retry_backoff_ms = _positive_ms(retry_backoff, "retry_backoff")
+        max_attempts = DEFAULT_MAX_ATTEMPTS if max_attempts is None else max_attempts
+        if max_attempts < 1:
+            raise ValidationError("max_attempts must be at least 1")
+        self.max_attempts = max_attempts
+        try:
+            self.orphans = OrphanPolicy(orphans or OrphanPolicy.FIRE)
+        except ValueError:
+            raise ValidationError(f"orphans must be 'fire' or 'drop', not {orphans!r}") from None
+        self.handlers: dict[str, Handler] = {}
+        self._pm = plugin_manager
         self.transport: Transport = (
             transport
             if isinstance(transport, Transport)

@@ -343,3 +343,18 @@ def test_stop_finishes_in_flight_work(clock: FakeClock) -> None:
 def test_burst_mode_returns_when_idle(clock: FakeClock) -> None:
     stats = make(clock).consumer(wait_seconds=0.01).run(max_idle_seconds=0.1)
     assert stats.received == 0
+
+
+def test_timeouts_from_configuration_take_the_configured_policy(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DTIMEOUT_TRANSPORT", "memory://")
+    monkeypatch.setenv("DTIMEOUT_STORE", "memory://")
+    monkeypatch.setenv("DTIMEOUT_RETENTION", "2d")
+    monkeypatch.setenv("DTIMEOUT_MAX_ATTEMPTS", "9")
+    (tmp_path / "dtimeout.toml").write_text('lease = "45s"\norphans = "drop"\n')
+    t = Timeouts()
+    assert (t.retention_ms, t.max_attempts, t.lease_ms) == (2 * 86_400_000, 9, 45_000)
+    assert t.orphans.value == "drop"
+    assert Timeouts(max_attempts=2).max_attempts == 2  # explicit beats configured

@@ -187,7 +187,7 @@ def test_check_reports_reachable_providers(cli: Run) -> None:
 
 
 def test_check_exits_1_when_unreachable_and_masks_the_password(cli: Run) -> None:
-    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0?retries=0&connect_timeout=0.5"
     result = cli("--store", url, "check", "--json")
     assert result.code == 1
     rows = result.json

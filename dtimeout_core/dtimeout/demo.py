@@ -258,36 +258,56 @@ def run_demo(
         seed=options.seed,
     )
     actors: list[Timeouts] = []
-    threads: list[threading.Thread] = []
-    errors: list[BaseException] = []
-    consumers: list[Consumer] = []
     try:
         producer_side = open_timeouts()
         actors.append(producer_side)
+        consumers: list[Consumer] = []
         for _ in range(options.consumers):
             side = open_timeouts()
             actors.append(side)
             side.handler(DEMO_KIND)(observed.handler)
             consumers.append(side.consumer(concurrency=options.concurrency, wait_seconds=0.2))
         producer = Producer(producer_side, produce, observed.on_produce)
+        _drive(producer, consumers, observed, options, started, on_progress)
+        if on_progress is not None:
+            on_progress(observed.progress(options.count, started))
+        return _tally(observed, producer_side, time.monotonic() - started)
+    finally:
+        for actor in actors:
+            actor.close()
 
-        def guarded(fn: Callable[[], object]) -> Callable[[], None]:
-            def target() -> None:
-                try:
-                    fn()
-                except BaseException as exc:  # re-raised on the main thread below
-                    errors.append(exc)
-                    producer.stop()
 
-            return target
+def _drive(
+    producer: Producer,
+    consumers: list[Consumer],
+    observed: _Observed,
+    options: DemoOptions,
+    started: float,
+    on_progress: Callable[[DemoProgress], None] | None,
+) -> None:
+    """Run the actors' threads until every timeout settled (or the deadline), then stop them.
 
-        for i, consumer in enumerate(consumers):
-            threads.append(threading.Thread(target=guarded(consumer.run), name=f"consumer-{i}"))
-        threads.append(threading.Thread(target=guarded(producer.run), name="producer"))
-        for thread in threads:
-            thread.daemon = True
-            thread.start()
+    An exception in any actor stops the run and is re-raised here; so is Ctrl-C, after the
+    threads were told to stop."""
+    errors: list[BaseException] = []
 
+    def guarded(fn: Callable[[], object]) -> Callable[[], None]:
+        def target() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # re-raised on the calling thread below
+                errors.append(exc)
+
+        return target
+
+    threads = [
+        threading.Thread(target=guarded(c.run), name=f"consumer-{i}", daemon=True)
+        for i, c in enumerate(consumers)
+    ]
+    threads.append(threading.Thread(target=guarded(producer.run), name="producer", daemon=True))
+    for thread in threads:
+        thread.start()
+    try:
         deadline: float | None = None
         while not errors:
             if on_progress is not None:
@@ -301,20 +321,13 @@ def run_demo(
             time.sleep(0.1)
         time.sleep(0.3)  # a late duplicate would show up now, not after we stopped looking
     finally:
+        producer.stop()
         for consumer in consumers:
             consumer.stop()
         for thread in threads:
             thread.join(timeout=30)
-    try:
-        if errors:
-            raise errors[0]
-        if on_progress is not None:
-            on_progress(observed.progress(options.count, started))
-        tally = _tally(observed, actors[0], time.monotonic() - started)
-    finally:
-        for actor in actors:
-            actor.close()
-    return tally
+    if errors:
+        raise errors[0]
 
 
 def _tally(observed: _Observed, timeouts: Timeouts, elapsed: float) -> DemoTally:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from dtimeout.app import ScheduleItem, Timeouts
 from dtimeout.clock import Clock, FakeClock
 from dtimeout.interfaces import ScheduleRequest
-from dtimeout.model import DueTimeout, TimeoutMessage
+from dtimeout.model import DueTimeout, TimeoutMessage, encode_payload
 from dtimeout.providers.memory import MemoryTransport
 from dtimeout.providers.redis.plugin import open_store, open_transport
 from dtimeout.providers.redis.store import RedisStore, _body_parts
@@ -40,9 +40,10 @@ json_values = st.recursive(
 def test_the_script_builds_the_very_bytes_the_model_encodes(
     kind: str, key: str, due: int, payload: Any, generation: int
 ) -> None:
-    head, tail = _body_parts(ScheduleRequest(kind, key, due, payload, 1))
+    head, tail, payload_json = _body_parts(ScheduleRequest(kind, key, due, payload, 1))
     expected = TimeoutMessage(kind, key, generation, due, payload).encode()
     assert (head + str(generation) + tail).encode("utf-8") == expected
+    assert payload_json == encode_payload(payload)
 
 
 def _pair(url: str, clock: Clock) -> tuple[RedisTransport, RedisStore]:

@@ -2,7 +2,7 @@
 
 Layout (``P`` is the URL's ``prefix=``, default ``dtimeout``)::
 
-    P:t:{KIND:KEY}        hash   one timeout record; expires at due + retention
+    P:t:{KIND:KEY}        hash   one timeout record (fields v, p); expires at due + retention
     {P:q:N}:due           zset   message id -> due time (ms); shard N of the due index
     {P:q:N}:inflight      zset   message id -> lease deadline (ms) of a received message
     {P:q:N}:body          hash   message id -> encoded message
@@ -20,40 +20,29 @@ from __future__ import annotations
 
 import zlib
 
-# Record fields. Short names because a million pending timeouts repeat them a million times;
-# operators read records with ``dtimeout status``, which spells them out.
-F_STATE = "s"
-F_GENERATION = "g"
-F_DUE = "d"
+# A record is a hash of two fields: ``v``, a JSON array of its values in the order of
+# RECORD_FIELDS followed by the last operation (``OPID:ANSWER`` of the last schedule, release or
+# abandon, so a re-sent call gets the first answer), and ``p``, the payload's JSON. One field
+# instead of one per value because Redis charges per field touched (see _record.lua); operators
+# read records with ``dtimeout status``, which spells them out.
+F_VALUES = "v"
 F_PAYLOAD = "p"
-F_ATTEMPTS = "a"
-F_OWNER = "o"
-F_LEASE = "l"
-F_REASON = "r"
-F_CANCEL_ID = "c"
-F_HANDLE = "h"
-F_UPDATED = "u"
-F_EXPIRES = "e"
-F_ORPHAN = "f"
-# ``OPID:ANSWER`` of the last schedule/release/abandon applied: a re-sent call gets its answer.
-F_OP = "q"
-
-# The order in which scripts return a record (``_record.lua`` ``rec_reply``); the payload
-# follows as the last element when the script includes it.
 RECORD_FIELDS: tuple[str, ...] = (
-    F_STATE,
-    F_GENERATION,
-    F_DUE,
-    F_ATTEMPTS,
-    F_OWNER,
-    F_LEASE,
-    F_REASON,
-    F_CANCEL_ID,
-    F_HANDLE,
-    F_UPDATED,
-    F_EXPIRES,
-    F_ORPHAN,
+    "state",
+    "generation",
+    "due_at_ms",
+    "attempts",
+    "lease_owner",
+    "lease_expires_ms",
+    "reason",
+    "cancel_request_id",
+    "handle",
+    "updated_ms",
+    "expires_ms",
+    "orphan",
 )
+# Every time the store writes stays below this: cjson prints numbers with 14 digits.
+MAX_MS = 10**14 - 1
 
 DEFAULT_PREFIX = "dtimeout"
 

@@ -63,7 +63,7 @@ SCRIPTS = (
     "store_abandon.lua",
     "store_attach.lua",
 )
-_GET_FIELDS = (*K.RECORD_FIELDS, K.F_PAYLOAD)
+_GET_FIELDS = (K.F_VALUES, K.F_PAYLOAD)
 _SCAN_COUNT = 1000
 
 
@@ -91,6 +91,12 @@ class RedisStore(Store):
     def schedule(self, requests: Sequence[ScheduleRequest]) -> list[ScheduleOutcome]:
         if not requests:
             return []
+        for r in requests:
+            if r.due_at_ms + r.retention_ms > K.MAX_MS:
+                raise ValidationError(
+                    f"timeout {r.kind}/{r.key}: due time plus retention is beyond what the Redis "
+                    "store keeps exactly (the year 5138)"
+                )
         partner = self.partner
         op = uuid.uuid4().hex[:16]
         if partner is None:
@@ -103,18 +109,18 @@ class RedisStore(Store):
             )
         else:
             queue = partner.shards[0]
-            bodies = [_body_parts(r) for r in requests]
+            parts = [_body_parts(r) for r in requests]
             replies = self.conn.batched(
                 "store_schedule.lua",
-                list(zip(requests, bodies, strict=True)),
-                lambda rb: self._key(rb[0].kind, rb[0].key),
-                lambda rb: (
-                    rb[0].due_at_ms,
-                    encode_payload(rb[0].payload),
-                    rb[0].retention_ms,
-                    f"{rb[0].kind}:{rb[0].key}:",
-                    rb[1][0],
-                    rb[1][1],
+                list(zip(requests, parts, strict=True)),
+                lambda rp: self._key(rp[0].kind, rp[0].key),
+                lambda rp: (
+                    rp[0].due_at_ms,
+                    rp[1][2],
+                    rp[0].retention_ms,
+                    f"{rp[0].kind}:{rp[0].key}:",
+                    rp[1][0],
+                    rp[1][1],
                 ),
                 [op, "1"],
                 extra_keys=[queue.due, queue.body],
@@ -126,18 +132,18 @@ class RedisStore(Store):
             timeout = _record(request.kind, request.key, reply, payload)
             previous = optional(reply[14]) if result is ScheduleResult.ADVANCED else None
             out.append(ScheduleOutcome(result, timeout, previous))
-        needed = [o.timeout for o in out if o.result.needs_message]
         if partner is not None:
             partner.memo.add(
                 {
-                    t.idempotency_key: TimeoutMessage(
-                        t.kind, t.key, t.generation, t.due_at_ms, t.payload
-                    ).encode()
-                    for t in needed
+                    o.timeout.idempotency_key: f"{head}{o.timeout.generation}{tail}".encode()
+                    for o, (head, tail, _) in zip(out, parts, strict=True)
+                    if o.result.needs_message
                 }
             )
         else:
-            self.produced = frozenset(t.idempotency_key for t in needed)
+            self.produced = frozenset(
+                o.timeout.idempotency_key for o in out if o.result.needs_message
+            )
         return out
 
     def attach_handles(self, items: Sequence[tuple[str, str, int, str]]) -> None:
@@ -275,9 +281,11 @@ class RedisStore(Store):
         return self._from_fields(kind, key, values)
 
     def _from_fields(self, kind: str, key: str, values: Sequence[Any]) -> Timeout | None:
-        if values[0] is None:
+        raw, payload = values
+        if raw is None:
             return None
-        timeout = _record(kind, key, ["", *values], _UNSET)
+        fields = json.loads(raw)[: len(K.RECORD_FIELDS)]
+        timeout = _record(kind, key, ["", *fields, payload], _UNSET)
         if is_fake(self.clock) and timeout.expires_ms and timeout.expires_ms <= self.clock.now_ms():
             return None  # gone by our (fake) clock; Redis evicts it on its own clock
         return timeout
@@ -330,13 +338,15 @@ class _Unset:
 _UNSET: Any = _Unset()
 
 
-def _body_parts(request: ScheduleRequest) -> tuple[str, str]:
+def _body_parts(request: ScheduleRequest) -> tuple[str, str, str]:
     """The encoded message around its generation, so the script can finish it: ``head +
-    str(generation) + tail`` is byte for byte ``TimeoutMessage(...).encode()``."""
+    str(generation) + tail`` is byte for byte ``TimeoutMessage(...).encode()``; third, the
+    payload's JSON as it appears in the body (one encoding serves the record and the message)."""
     body = TimeoutMessage(request.kind, request.key, 0, request.due_at_ms, request.payload)
     text = body.encode().decode("utf-8")
     head, _, tail = text.partition('"generation":0,')
-    return head + '"generation":', "," + tail
+    payload = tail[len(f'"due_at":{request.due_at_ms},"payload":') : -1]
+    return head + '"generation":', "," + tail, payload
 
 
 def _record(kind: str, key: str, reply: Sequence[Any], payload: Any) -> Timeout:

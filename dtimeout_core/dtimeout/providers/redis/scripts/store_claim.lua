@@ -19,7 +19,7 @@ local function lease(key, cur, owner, lease_ms, retention)
 end
 
 local function claim(key, gen, due, payload, owner, lease_ms, max_attempts, policy, retention)
-  local cur, exists = load(key, true)
+  local cur = load(key, true)
   if not cur then
     if policy == 'drop' then
       return {'missing'}
@@ -27,9 +27,6 @@ local function claim(key, gen, due, payload, owner, lease_ms, max_attempts, poli
     -- an orphan: the record expired or was wiped; never lose a timeout
     local rec = {s = 'firing', g = gen, d = due, p = payload, a = 1, o = owner,
       l = NOW + lease_ms, u = NOW, e = math.max(due, NOW) + retention, f = '1'}
-    if exists then
-      redis.call('DEL', key)
-    end
     save(key, rec, true)
     return reply('claimed', rec, true)
   end

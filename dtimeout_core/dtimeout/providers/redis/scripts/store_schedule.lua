@@ -11,7 +11,7 @@
 -- one reply (see _record.lua) per item; answers created|advanced|extended|refused.
 
 local function schedule(key, due, payload, retention, op)
-  local cur, exists = load(key)
+  local cur = load(key)
   if cur and cur.q == op then
     return reply(cur.qr, cur, false)
   end
@@ -47,9 +47,6 @@ local function schedule(key, due, payload, retention, op)
   end
   local rec = {s = 'pending', g = (cur and cur.g or 0) + 1, d = due, a = 0, l = 0, u = NOW,
     e = exp, p = payload, q = op, qr = 'created'}
-  if exists then
-    redis.call('DEL', key) -- an ended (or expired) record: start from a clean hash
-  end
   save(key, rec, true)
   return reply('created', rec, false)
 end

@@ -67,7 +67,27 @@ def build_client(settings: RedisSettings) -> Any:
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
-    retry = Retry(
+    refused = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)
+
+    class _Retry(Retry):
+        """redis-py counts a refused password as a ConnectionError; retrying it only delays
+        the configuration error by seconds, so it fails at once."""
+
+        def call_with_retry(
+            self,
+            do: Callable[[], Any],
+            fail: Callable[..., Any],
+            is_retryable: Callable[[Exception], bool] | None = None,
+            with_failure_count: bool = False,
+        ) -> Any:
+            def retryable(error: Exception) -> bool:
+                if isinstance(error, refused):
+                    return False
+                return is_retryable(error) if is_retryable else True
+
+            return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+    retry = _Retry(
         ExponentialBackoff(cap=1.0, base=0.01),
         settings.retries,
         supported_errors=(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),

@@ -3,18 +3,28 @@
 -- ARGV[1]  now ms, or '' (unused)
 -- ARGV[2 + 2*(i-1) ..]  message id, lease token   of message i
 -- Returns how many were removed. A token that is no longer the message's (its lease expired and
--- another consumer received it) removes nothing: that consumer settles it.
+-- another consumer received it) removes nothing: that consumer settles it. One command per key
+-- for the whole batch, not per message: Redis charges per call.
 
 local inflight, bodies, counts, leases = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local n = 0
+local ids = {}
 for b = 2, #ARGV, 2 do
-  local id = ARGV[b]
-  if redis.call('HGET', leases, id) == ARGV[b + 1] then
-    redis.call('ZREM', inflight, id)
-    redis.call('HDEL', bodies, id)
-    redis.call('HDEL', counts, id)
-    redis.call('HDEL', leases, id)
-    n = n + 1
+  ids[#ids + 1] = ARGV[b]
+end
+if #ids == 0 then
+  return 0
+end
+local held = redis.call('HMGET', leases, unpack(ids))
+local done = {}
+for i, id in ipairs(ids) do
+  if held[i] == ARGV[2 * i + 1] then
+    done[#done + 1] = id
   end
 end
-return n
+if #done > 0 then
+  redis.call('ZREM', inflight, unpack(done))
+  redis.call('HDEL', bodies, unpack(done))
+  redis.call('HDEL', counts, unpack(done))
+  redis.call('HDEL', leases, unpack(done))
+end
+return #done

@@ -6,12 +6,14 @@
 -- has already decided and the claim will drop it.
 
 local due_key, bodies, counts = KEYS[1], KEYS[3], KEYS[4]
-local n = 0
+local removed = {}
 for b = 2, #ARGV do
   if redis.call('ZREM', due_key, ARGV[b]) == 1 then
-    redis.call('HDEL', bodies, ARGV[b])
-    redis.call('HDEL', counts, ARGV[b])
-    n = n + 1
+    removed[#removed + 1] = ARGV[b]
   end
 end
-return n
+if #removed > 0 then
+  redis.call('HDEL', bodies, unpack(removed))
+  redis.call('HDEL', counts, unpack(removed))
+end
+return #removed

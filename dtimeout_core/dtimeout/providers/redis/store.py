@@ -255,10 +255,11 @@ class RedisStore(Store):
                 uuid.uuid4().hex[:16],
             ],
         )
-        result = SettleResult(decode(reply[0]))
-        if len(reply) == 1:
+        answer = json.loads(reply)
+        result = SettleResult(answer[0])
+        if len(answer) == 1:
             return result, None
-        return result, _record(lease.kind, lease.key, reply, _UNSET)
+        return result, _record(lease.kind, lease.key, answer, _UNSET)
 
     def abandon(
         self, kind: str, key: str, generation: int, state: TimeoutState, reason: str
@@ -355,21 +356,26 @@ def _record(kind: str, key: str, reply: Sequence[Any], payload: Any) -> Timeout:
     and not sending it back saves bytes on the hottest path)."""
     if payload is _UNSET:
         raw = reply[13]
-        payload = json.loads(raw) if raw not in (None, b"", "") else None
+        payload = json.loads(raw) if raw else None
+    # Values come from cjson: text is str ('' for None), numbers are ints. Positional, in the
+    # order of Timeout's fields: this runs once per timeout on every hot path.
     return Timeout(
-        kind=kind,
-        key=key,
-        state=TimeoutState(decode(reply[1])),
-        generation=int(reply[2]),
-        due_at_ms=int(reply[3]),
-        payload=payload,
-        attempts=int(reply[4] or 0),
-        lease_owner=optional(reply[5]),
-        lease_expires_ms=int(reply[6] or 0),
-        reason=optional(reply[7]),
-        cancel_request_id=optional(reply[8]),
-        handle=optional(reply[9]),
-        updated_ms=int(reply[10] or 0),
-        expires_ms=int(reply[11] or 0),
-        orphan=bool(optional(reply[12])),
+        kind,
+        key,
+        _STATES[reply[1]],
+        int(reply[2]),
+        int(reply[3]),
+        payload,
+        int(reply[4]),
+        reply[5] or None,
+        int(reply[6]),
+        reply[7] or None,
+        reply[8] or None,
+        reply[9] or None,
+        int(reply[10]),
+        int(reply[11]),
+        reply[12] == "1",
     )
+
+
+_STATES = {state.value: state for state in TimeoutState}

@@ -3,20 +3,20 @@
 -- ARGV[1]  now ms, or '' to use the server's TIME
 -- ARGV[2..8]  generation, owner token, backoff ms, max attempts, error text, retention ms,
 --             operation id (a re-send answers as the first call did)
--- Returns one reply (see _record.lua); answers released|dead|lost.
+-- Returns one reply (see _record.lua) as JSON; answers released|dead|lost.
 
 local key = KEYS[1]
 local gen, owner, backoff = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local max_attempts, err, retention, op = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]), ARGV[8]
 local cur = load(key, true)
 if cur and cur.q == op then
-  return reply(cur.qr, cur, true)
+  return cjson.encode(reply(cur.qr, cur, true))
 end
 if not holds(cur, gen, owner) then
   if cur then
-    return reply('lost', cur, true)
+    return cjson.encode(reply('lost', cur, true))
   end
-  return {'lost'}
+  return cjson.encode({'lost'})
 end
 cur.r = err
 cur.o = false
@@ -33,4 +33,4 @@ else
   cur.qr = 'released'
 end
 save(key, cur, false)
-return reply(cur.qr, cur, true)
+return cjson.encode(reply(cur.qr, cur, true))

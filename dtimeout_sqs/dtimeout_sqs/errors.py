@@ -24,6 +24,7 @@ from botocore.exceptions import (
     ProfileNotFound,
     SSLError,
 )
+
 from dtimeout.errors import (
     ConfigurationError,
     DtimeoutError,

@@ -13,7 +13,6 @@ from dtimeout import hookimpl
 from dtimeout.clock import Clock
 from dtimeout.errors import MissingDependencyError
 from dtimeout.interfaces import ProviderInfo, Transport
-
 from dtimeout_sqs.settings import SCHEME, parse_url
 
 INSTALL_HINT = "pip install 'dtimeout[sqs]'"

@@ -43,11 +43,11 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
+
 from dtimeout.clock import Clock
 from dtimeout.errors import ConfigurationError, DtimeoutError, TransientTransportError
 from dtimeout.errors import TransportError as _TransportError
 from dtimeout.interfaces import Delivery, OutgoingMessage, Transport, TransportCapabilities
-
 from dtimeout_sqs import wire
 from dtimeout_sqs.errors import SqsMessageTooLargeError, translate
 from dtimeout_sqs.settings import MAX_NATIVE_DELAY_SECONDS, MAX_WAIT_SECONDS, SqsSettings

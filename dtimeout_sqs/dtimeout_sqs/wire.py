@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dtimeout.errors import MalformedMessageError
-
 from dtimeout_sqs.settings import MAX_NATIVE_DELAY_SECONDS
 
 MAX_BATCH_ENTRIES = 10

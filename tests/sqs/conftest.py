@@ -10,18 +10,21 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
+from sqs_support import REGION, Drain, MakeQueue, OpenTransport, Queue
+
 from dtimeout.clock import SYSTEM_CLOCK, Clock
 from dtimeout_sqs.settings import parse_url
 from dtimeout_sqs.testing import FAKE_CREDENTIALS, MotoServer
 from dtimeout_sqs.transport import SqsTransport
-from sqs_support import REGION, Drain, MakeQueue, OpenTransport, Queue
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs.client import SQSClient
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def moto_server() -> Iterator[MotoServer]:
+    # One server per test module: moto slows down as a long session piles work on one server
+    # process, and a fresh one per module keeps every file's timing independent of the others.
     with pytest.MonkeyPatch.context() as mp:
         for name, value in FAKE_CREDENTIALS.items():
             mp.setenv(name, value)
@@ -42,7 +45,7 @@ def fake_aws(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def sqs_admin(moto_server: MotoServer) -> SQSClient:
     """A plain boto3 client for setting queues up and looking into them."""
     return boto3.client("sqs", endpoint_url=moto_server.endpoint_url, region_name=REGION)
@@ -55,6 +58,11 @@ def make_queue(moto_server: MotoServer, sqs_admin: SQSClient) -> MakeQueue:
     ``redrive=N`` gives it a DLQ through a redrive policy with ``maxReceiveCount`` N;
     ``dlq=True`` creates a separate queue (not linked) for ``?dlq=``.
     """
+    return queue_factory(moto_server, sqs_admin)
+
+
+def queue_factory(server: MotoServer, admin: SQSClient) -> MakeQueue:
+    """A ``make_queue`` function for queues on ``server``."""
 
     def make(
         *,
@@ -68,10 +76,10 @@ def make_queue(moto_server: MotoServer, sqs_admin: SQSClient) -> MakeQueue:
         attributes: dict[Any, str] = {"VisibilityTimeout": str(visibility)}
         dlq_url = None
         if redrive is not None or dlq:
-            dlq_url = sqs_admin.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+            dlq_url = admin.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
         if redrive is not None:
             assert dlq_url is not None
-            arn = sqs_admin.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
+            arn = admin.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
             policy = {
                 "deadLetterTargetArn": arn["Attributes"]["QueueArn"],
                 "maxReceiveCount": redrive,
@@ -82,10 +90,20 @@ def make_queue(moto_server: MotoServer, sqs_admin: SQSClient) -> MakeQueue:
         if fifo:
             name += ".fifo"
             attributes["FifoQueue"] = "true"
-        url = sqs_admin.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
-        return Queue(name, url, dlq_url, moto_server.endpoint_url)
+        url = admin.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        return Queue(name, url, dlq_url, server.endpoint_url)
 
     return make
+
+
+@pytest.fixture(scope="class")
+def own_moto_queues(moto_server: MotoServer) -> Iterator[MakeQueue]:
+    """``make_queue`` on a moto server of the test class's own (for tests that load it hard,
+    so whatever state they leave cannot slow the shared server down)."""
+    with MotoServer() as server:
+        admin = boto3.client("sqs", endpoint_url=server.endpoint_url, region_name=REGION)
+        yield queue_factory(server, admin)
+        admin.close()
 
 
 @pytest.fixture

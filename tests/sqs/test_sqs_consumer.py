@@ -10,13 +10,13 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from sqs_support import Drain, MakeQueue, OpenTransport
+
 from dtimeout.app import BatchScheduleError, ScheduleItem, Timeouts
 from dtimeout.clock import SYSTEM_CLOCK, to_ms
 from dtimeout.errors import PayloadTooLargeError
 from dtimeout.model import DueTimeout, Timeout, TimeoutState
 from dtimeout.providers.memory import MemoryStore
-from sqs_support import Drain, MakeQueue, OpenTransport
-
 from dtimeout_sqs import wire
 
 pytestmark = pytest.mark.timeout(60)

@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 from botocore.awsrequest import AWSResponse, HTTPHeaders
+from sqs_support import REGION
+
 from dtimeout.clock import SYSTEM_CLOCK
 from dtimeout.errors import ConfigurationError, DtimeoutError, TransientTransportError
 from dtimeout.errors import TransportError as DtTransportError
 from dtimeout_sqs.settings import parse_url
 from dtimeout_sqs.transport import SqsTransport, make_client
-from sqs_support import REGION
 
 pytestmark = pytest.mark.usefixtures("fake_aws")
 

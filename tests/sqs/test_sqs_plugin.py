@@ -8,12 +8,12 @@ import sys
 from importlib.metadata import entry_points
 
 import pytest
+from sqs_support import Queue
+
 from dtimeout.clock import SYSTEM_CLOCK
 from dtimeout.errors import ConfigurationError, MissingDependencyError
 from dtimeout.plugins import make_plugin_manager
 from dtimeout.registry import Registry
-from sqs_support import Queue
-
 from dtimeout_sqs import plugin
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from dtimeout.errors import ConfigurationError
 from dtimeout_sqs.settings import SqsSettings, parse_url
 

@@ -13,17 +13,17 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse, HTTPHeaders
+from sqs_support import REGION, Drain, MakeQueue, OpenTransport, Queue
+
 from dtimeout.clock import SYSTEM_CLOCK
 from dtimeout.errors import ConfigurationError, TransientTransportError, TransportError
 from dtimeout.interfaces import Delivery, OutgoingMessage
 from dtimeout.model import TimeoutMessage
+from dtimeout_sqs import wire
 from dtimeout_sqs.errors import SqsMessageTooLargeError
 from dtimeout_sqs.settings import parse_url
 from dtimeout_sqs.testing import MotoServer, free_port
 from dtimeout_sqs.transport import SEND_ROUNDS, SqsTransport
-from sqs_support import REGION, Drain, MakeQueue, OpenTransport, Queue
-
-from dtimeout_sqs import wire
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs.client import SQSClient

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from dtimeout.errors import MalformedMessageError
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dtimeout.errors import MalformedMessageError
 from dtimeout_sqs import wire
 
 NOW = 1_900_000_000_000

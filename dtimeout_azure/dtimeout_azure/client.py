@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from azure.servicebus import AutoLockRenewer, ServiceBusClient, TransportType
-from dtimeout.errors import ConfigurationError, MissingDependencyError
 
+from dtimeout.errors import ConfigurationError, MissingDependencyError
 from dtimeout_azure.settings import CONNECTION_STRING_ENV, AzureSettings
 
 IDENTITY_HINT = "pip install 'dtimeout-azure[identity]'"
@@ -27,6 +27,7 @@ def client_options(settings: AzureSettings) -> dict[str, Any]:
         "retry_backoff_factor": settings.retry.backoff_factor,
         "retry_backoff_max": settings.retry.backoff_max,
         "retry_mode": settings.retry.mode,
+        "try_timeout": settings.retry.try_timeout,
         "transport_type": (
             TransportType.AmqpOverWebsocket if settings.websockets else TransportType.Amqp
         ),

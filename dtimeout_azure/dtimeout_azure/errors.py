@@ -32,6 +32,7 @@ from azure.servicebus.exceptions import (
     ServiceBusQuotaExceededError,
     ServiceBusServerBusyError,
 )
+
 from dtimeout.errors import (
     ConfigurationError,
     DtimeoutError,

@@ -4,10 +4,11 @@ The SDK gives no thread-safety guarantee for senders and receivers, and the cons
 transport from its loop thread while handler threads finish, so every call on a handle goes
 through that handle's lock.
 
-A receiver can break for good: the service detaches links that sat idle (~10 minutes), and the
-SDK normally reopens them inside its own retries — but when those retries are spent, or the
-handler ends up shut down, the same receiver object keeps failing. :class:`ReceiverLinks`
-then opens a fresh receiver and tries the receive once more. The old one is *retired*, not
+A receiver can break: the service detaches links that sat idle (~10 minutes). The SDK reopens a
+detached link inside the next receive — within that receive's wait, so a short wait times the
+attach out (``OperationTimeoutError``); and when its retries are spent, or the handler ends up
+shut down, the same receiver object keeps failing. :class:`ReceiverLinks` then opens a fresh
+receiver (with a full attach budget) and tries the receive once more. The old one is *retired*, not
 closed, while deliveries from it are unsettled: closing it would make them impossible to
 settle (the SDK refuses settlement on a shut-down handler); it is closed when the last of them
 is settled.
@@ -111,12 +112,21 @@ class ReceiverLinks:
         self.lock = threading.RLock()
 
     def current(self) -> Link:
+        """The receiver in use, opened. A new one is opened through the SDK's context-manager
+        entry (its own retries, bounded per attempt by ``try_timeout``) rather than by the first
+        receive: since azure-servicebus 7.15 a receive's wait also bounds link acquisition, and
+        the consumer's short waits would time the attach out."""
         with self.lock:
             if self._current is None:
+                receiver: ServiceBusReceiver | None = None
                 try:
-                    self._current = Link(self._open())
+                    receiver = self._open()
+                    receiver.__enter__()
                 except Exception as exc:
+                    if receiver is not None:
+                        close_quietly(receiver, "receiver")
                     raise translate(exc, "open receiver", self._where) from exc
+                self._current = Link(receiver)
             return self._current
 
     def receive(self, count: int, wait: float) -> tuple[Link, list[ServiceBusReceivedMessage]]:

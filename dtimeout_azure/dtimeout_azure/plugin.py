@@ -14,7 +14,6 @@ from dtimeout import hookimpl
 from dtimeout.clock import Clock
 from dtimeout.errors import MissingDependencyError
 from dtimeout.interfaces import ProviderInfo, Transport
-
 from dtimeout_azure.settings import SCHEME, parse_url
 
 INSTALL_HINT = "pip install 'dtimeout[azure]'"

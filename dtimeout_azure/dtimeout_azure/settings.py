@@ -46,6 +46,7 @@ _OPTIONS = (
     "retry_backoff_factor",
     "retry_backoff_max",
     "retry_mode",
+    "try_timeout",
     "transport",
     "max_message_bytes",
     "lock_renewal",
@@ -70,6 +71,9 @@ class RetryOptions:
     backoff_factor: float = 0.5
     backoff_max: float = 4.0
     mode: Literal["exponential", "fixed"] = "exponential"
+    # One attempt's bound (SDK >= 7.15; older versions ignore it): a link attach or a
+    # management call that hangs fails after this instead of blocking the consumer forever.
+    try_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +183,7 @@ def parse_url(url: str, environ: Mapping[str, str]) -> AzureSettings:
             backoff_factor=_float(options, "retry_backoff_factor", 0.5, low=0.0, high=60.0),
             backoff_max=_float(options, "retry_backoff_max", 4.0, low=0.0, high=300.0),
             mode=_retry_mode(options.get("retry_mode", "exponential")),
+            try_timeout=_float(options, "try_timeout", 30.0, low=1.0, high=600.0),
         ),
         websockets=_transport(options.get("transport", "amqp")),
         max_message_bytes=_int(

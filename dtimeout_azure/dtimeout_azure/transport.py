@@ -57,6 +57,7 @@ from azure.servicebus import (
     ServiceBusSender,
 )
 from azure.servicebus.exceptions import MessageAlreadySettled, MessageLockLostError, ServiceBusError
+
 from dtimeout.clock import Clock, to_datetime
 from dtimeout.errors import PayloadTooLargeError, TransportError
 from dtimeout.interfaces import (
@@ -66,7 +67,6 @@ from dtimeout.interfaces import (
     Transport,
     TransportCapabilities,
 )
-
 from dtimeout_azure.errors import SendError, describe, is_configuration, translate
 from dtimeout_azure.handles import Link, Receipt, ReceiverLinks, SenderHandle, close_quietly
 from dtimeout_azure.settings import DEFAULT_MAX_MESSAGE_BYTES, AzureSettings

@@ -13,6 +13,7 @@ from typing import Any
 
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
 from azure.servicebus.amqp import AmqpMessageBodyType
+
 from dtimeout.errors import ValidationError
 
 ID_PROPERTY = "dtimeout-id"  # the logical message id (kind:key:generation), on every copy

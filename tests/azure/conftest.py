@@ -8,24 +8,13 @@ in this folder but the live ones talks to ``sbdouble.FakeNamespace``; the live o
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from dtimeout.clock import Clock, FakeClock
-from dtimeout_azure.transport import AzureServiceBusTransport
+from azure_support import make_double
 from sbdouble import FakeNamespace
 
-QUEUE = "timeouts"
-
-
-def make_double(
-    clock: Clock, *, queue: str = QUEUE, **queue_options: Any
-) -> tuple[AzureServiceBusTransport, FakeNamespace]:
-    """A transport over a fresh namespace double holding one queue (no lock renewer: on a fake
-    clock the SDK's real-time renewer has nothing to measure)."""
-    namespace = FakeNamespace(clock)
-    namespace.create_queue(queue, **queue_options)
-    return AzureServiceBusTransport(namespace.client(), queue, clock), namespace
+from dtimeout.clock import FakeClock
+from dtimeout_azure.transport import AzureServiceBusTransport
 
 
 @pytest.fixture

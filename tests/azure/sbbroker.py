@@ -35,6 +35,7 @@ from azure.servicebus.exceptions import (
     ServiceBusAuthorizationError,
     ServiceBusConnectionError,
 )
+
 from dtimeout.clock import Clock
 
 DEFAULT_LOCK_SECONDS = 60.0  # a new queue's LockDuration (PT1M)

@@ -33,10 +33,12 @@ from azure.servicebus.amqp import AmqpMessageBodyType
 from azure.servicebus.exceptions import (
     MessageAlreadySettled,
     MessageLockLostError,
+    OperationTimeoutError,
     ServiceBusConnectionError,
 )
-from dtimeout.clock import Clock
 from sbbroker import Broker, Queue, Stored
+
+from dtimeout.clock import Clock
 
 SHUT_DOWN = (
     "The handler has already been shutdown. Please use ServiceBusClient to create a new instance."
@@ -62,6 +64,7 @@ class FakeNamespace(Broker):
 
     def __init__(self, clock: Clock, host: str = "dtimeout-test.servicebus.windows.net") -> None:
         super().__init__(clock, host)
+        self.link_open_seconds = 0.1  # real time an attach takes; a shorter receive wait fails
         self.receivers: list[FakeReceiver] = []
         self.schedule_times: list[datetime] = []  # exactly what schedule_messages was given
 
@@ -71,13 +74,15 @@ class FakeNamespace(Broker):
     def detach_links(self, *, wedge: bool = False) -> None:
         """The service detaches every receiver link (as it does after ~10 idle minutes).
 
-        Normally the SDK reopens the link inside its own retries and the caller notices nothing.
+        The SDK reopens the link inside the next receive, within that receive's wait: a wait of
+        at least ``link_open_seconds`` notices nothing, a shorter one raises the SDK's
+        ``OperationTimeoutError`` ("Timed out waiting for the AMQP link to open."), as 7.15 does.
         ``wedge=True`` models the failure the SDK cannot recover from: the handler stays shut
         down, every receive raises ``ServiceBusConnectionError`` and settling a message through
         it raises the SDK's "handler has already been shutdown" ``ValueError``."""
         with self.lock:
             for receiver in self.receivers:
-                receiver.detached = True
+                receiver.link_open = False
                 if wedge:
                     receiver.wedged = True
                     receiver._running = False
@@ -223,9 +228,19 @@ class FakeReceiver(_Handler):
         super().__init__(namespace, queue_name, "Listen")
         self._running = True  # the SDK's flag: False once the handler is shut down
         self.session = None
-        self.detached = False
+        self.link_open = False
         self.wedged = False
         self.reopened = 0
+
+    def __enter__(self) -> FakeReceiver:
+        """Opens the link with the SDK's retries and no receive wait to respect."""
+        self._check_live()
+        self.namespace.check("open_receiver", self.queue_name, self.right)
+        self.link_open = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         super().close()
@@ -241,10 +256,14 @@ class FakeReceiver(_Handler):
             raise ValueError("The max_message_count must be greater than 0")
         if self.wedged:
             raise ServiceBusConnectionError(message="Failed to open the receiver link.")
-        if self.detached:  # the SDK reopens the link inside its retries
-            self.detached = False
+        wait = 60.0 if max_wait_time is None else max_wait_time
+        if not self.link_open:  # opened by this receive, within its wait
+            if wait < self.namespace.link_open_seconds:
+                raise OperationTimeoutError(message="Timed out waiting for the AMQP link to open.")
+            self.namespace.check("open_receiver", self.queue_name, self.right)
+            self.link_open = True
             self.reopened += 1
-        deadline = time.monotonic() + (60.0 if max_wait_time is None else max_wait_time)
+        deadline = time.monotonic() + wait
         with self.namespace.lock:
             while True:
                 queue = self._queue("receive")

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import make_double
+from azure_support import make_double
+
 from dtimeout.clock import Clock
 from dtimeout.interfaces import Store, Transport
 from dtimeout.providers.memory import MemoryStore

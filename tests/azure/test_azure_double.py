@@ -26,13 +26,15 @@ from azure.servicebus.exceptions import (
     MessageLockLostError,
     MessageNotFoundError,
     MessagingEntityNotFoundError,
+    OperationTimeoutError,
     ServiceBusAuthorizationError,
     ServiceBusConnectionError,
     ServiceBusError,
 )
-from dtimeout.clock import FakeClock, to_datetime
 from sbbroker import MAX_DELIVERY_REASON
 from sbdouble import FakeNamespace, FakeReceiver, FakeSender, FakeServiceBusClient, sdk_timestamp_ms
+
+from dtimeout.clock import FakeClock, to_datetime
 
 Q = "q"
 
@@ -42,6 +44,11 @@ def ns(fake_clock: FakeClock) -> FakeNamespace:
     namespace = FakeNamespace(fake_clock)
     namespace.create_queue(Q, lock_seconds=10, max_delivery_count=3)
     return namespace
+
+
+def _open(client: FakeServiceBusClient) -> FakeReceiver:
+    """A receiver with its link attached, as ``with client.get_queue_receiver(...)`` gives."""
+    return client.get_queue_receiver(Q).__enter__()
 
 
 def _msg(text: str, message_id: str | None = None, **props: object) -> ServiceBusMessage:
@@ -105,7 +112,7 @@ def test_scheduled_message_is_enqueued_at_its_time_with_a_new_sequence_number(
     ns: FakeNamespace, fake_clock: FakeClock
 ) -> None:
     client = ns.client()
-    sender, receiver = client.get_queue_sender(Q), client.get_queue_receiver(Q)
+    sender, receiver = client.get_queue_sender(Q), _open(client)
     at = to_datetime(fake_clock.now_ms() + 5_000)
     (seq,) = sender.schedule_messages([_msg("a", "id-a")], at)
     peeked = receiver.peek_messages(5)
@@ -139,7 +146,7 @@ def test_cancel_before_enqueue_removes_after_enqueue_raises_not_found(
 def test_peek_lock_delivery_count_and_lock_expiry(ns: FakeNamespace, fake_clock: FakeClock) -> None:
     client = ns.client()
     client.get_queue_sender(Q).send_messages(_msg("a"))
-    r1, r2 = client.get_queue_receiver(Q), client.get_queue_receiver(Q)
+    r1, r2 = _open(client), _open(client)
     (m1,) = r1.receive_messages(5, max_wait_time=0.01)
     assert m1.delivery_count == 0  # AMQP: previous failed attempts
     assert m1.locked_until_utc == to_datetime(fake_clock.now_ms() + 10_000)
@@ -161,13 +168,13 @@ def test_renew_extends_the_lock_from_now_and_fails_once_lost(
 ) -> None:
     client = ns.client()
     client.get_queue_sender(Q).send_messages(_msg("a"))
-    receiver = client.get_queue_receiver(Q)
+    receiver = _open(client)
     (m,) = receiver.receive_messages(1, max_wait_time=0.01)
     fake_clock.advance(8)
     until = receiver.renew_message_lock(m)
     assert until == m.locked_until_utc == to_datetime(fake_clock.now_ms() + 10_000)
     fake_clock.advance(8)  # 16 s after receipt: alive only thanks to the renewal
-    assert client.get_queue_receiver(Q).receive_messages(1, max_wait_time=0.01) == []
+    assert _open(client).receive_messages(1, max_wait_time=0.01) == []
     fake_clock.advance(3)
     with pytest.raises(MessageLockLostError):
         receiver.renew_message_lock(m)
@@ -178,7 +185,7 @@ def test_abandon_counts_and_max_delivery_count_dead_letters(
 ) -> None:
     client = ns.client()
     client.get_queue_sender(Q).send_messages(_msg("a", "id-a"))
-    receiver = client.get_queue_receiver(Q)
+    receiver = _open(client)
     counts = []
     for _ in range(3):
         (m,) = receiver.receive_messages(1, max_wait_time=0.01)
@@ -193,7 +200,7 @@ def test_abandon_counts_and_max_delivery_count_dead_letters(
 def test_dead_letter_keeps_reason_and_description(ns: FakeNamespace) -> None:
     client = ns.client()
     client.get_queue_sender(Q).send_messages(_msg("a"))
-    receiver = client.get_queue_receiver(Q)
+    receiver = _open(client)
     (m,) = receiver.receive_messages(1, max_wait_time=0.01)
     receiver.dead_letter_message(m, reason="malformed", error_description="body is not JSON")
     (dead,) = ns.snapshot(Q)["dead"]
@@ -206,13 +213,13 @@ def test_dead_letter_keeps_reason_and_description(ns: FakeNamespace) -> None:
 def test_received_properties_come_back_as_bytes(ns: FakeNamespace) -> None:
     client = ns.client()
     client.get_queue_sender(Q).send_messages(_msg("a", **{"dtimeout-id": "k:1", "n": 3}))
-    (m,) = client.get_queue_receiver(Q).receive_messages(1, max_wait_time=0.01)
+    (m,) = _open(client).receive_messages(1, max_wait_time=0.01)
     assert m.application_properties == {b"dtimeout-id": b"k:1", b"n": 3}
 
 
 def test_sdk_argument_checks_are_mirrored(ns: FakeNamespace) -> None:
     client = ns.client()
-    sender, receiver = client.get_queue_sender(Q), client.get_queue_receiver(Q)
+    sender, receiver = client.get_queue_sender(Q), _open(client)
     with pytest.raises(ValueError, match="max_wait_time"):
         receiver.receive_messages(1, max_wait_time=0)
     with pytest.raises(ValueError, match="ServiceBusMessage"):
@@ -235,7 +242,7 @@ def test_service_errors_are_the_sdks_classes(ns: FakeNamespace) -> None:
         client.get_queue_sender("nope").send_messages(_msg("a"))
     ns.deny("Listen")
     with pytest.raises(ServiceBusAuthorizationError):
-        client.get_queue_receiver(Q).receive_messages(1, max_wait_time=0.01)
+        client.get_queue_receiver(Q).__enter__()  # the attach is refused
     client.get_queue_sender(Q).send_messages(_msg("a"))  # Send is still allowed
 
 
@@ -255,25 +262,35 @@ def test_duplicate_detection_drops_a_resend_but_still_answers_a_number(
     assert len(ns.snapshot(Q)["active"]) == 1
 
 
-def test_detach_is_transparent_unless_the_handler_is_wedged(ns: FakeNamespace) -> None:
+def test_receive_attaches_within_its_wait_and_a_detach_needs_a_new_attach(
+    ns: FakeNamespace,
+) -> None:
+    """Since 7.15 a receive's wait also bounds the link attach (``_receive`` opens the link with
+    the wait as its budget). Pinned here against the SDK's source, as well as in the double."""
+    source = inspect.getsource(ServiceBusReceiver._receive)
+    assert "self._open(get_attempt_timeout(wait_time" in source, "the SDK changed: revisit"
     client = ns.client()
-    client.get_queue_sender(Q).send_messages([_msg("a"), _msg("b")])
+    client.get_queue_sender(Q).send_messages([_msg("a"), _msg("b"), _msg("c")])
     receiver = client.get_queue_receiver(Q)
-    (a,) = receiver.receive_messages(1, max_wait_time=0.01)
-    ns.detach_links()
-    (b,) = receiver.receive_messages(1, max_wait_time=0.01)  # reopened inside the SDK
-    assert receiver.reopened == 1
-    receiver.complete_message(a)  # settles by lock token through the management link
-    ns.detach_links(wedge=True)
-    with pytest.raises(ServiceBusConnectionError):
+    with pytest.raises(OperationTimeoutError, match="link to open"):
+        receiver.receive_messages(1, max_wait_time=0.01)  # too short to attach
+    (a,) = receiver.receive_messages(1, max_wait_time=0.5)  # attaches, then receives
+    ns.detach_links()  # idle detach: the next receive must attach again
+    with pytest.raises(OperationTimeoutError):
         receiver.receive_messages(1, max_wait_time=0.01)
+    (b,) = receiver.receive_messages(1, max_wait_time=0.5)
+    assert receiver.reopened == 2
+    receiver.complete_message(a)  # settles by lock token through the management link
+    ns.detach_links(wedge=True)  # a receiver the SDK cannot recover
+    with pytest.raises(ServiceBusConnectionError):
+        receiver.receive_messages(1, max_wait_time=0.5)
     with pytest.raises(ValueError, match="shutdown"):
         receiver.complete_message(b)
 
 
 def test_receive_waits_in_real_time_but_not_for_what_is_there(ns: FakeNamespace) -> None:
     client = ns.client()
-    receiver = client.get_queue_receiver(Q)
+    receiver = _open(client)
     assert receiver.receive_messages(1, max_wait_time=0.05) == []
     client.get_queue_sender(Q).send_messages(_msg("a"))
     assert len(receiver.receive_messages(5, max_wait_time=30)) == 1  # returns at once
@@ -287,5 +304,5 @@ def test_scheduled_messages_time_out_of_order_are_enqueued_in_time_order(
     sender.schedule_messages([_msg("late")], to_datetime(now + 3_000))
     sender.schedule_messages([_msg("early")], to_datetime(now + 1_000))
     fake_clock.advance(3)  # both due at once: appended in the order of their times
-    got = ns.client().get_queue_receiver(Q).receive_messages(5, max_wait_time=0.01)
+    got = _open(ns.client()).receive_messages(5, max_wait_time=0.01)
     assert [b"".join(m.body) for m in got] == [b"early", b"late"]

@@ -7,14 +7,14 @@ import subprocess
 import sys
 
 import pytest
+
 from dtimeout.clock import FakeClock
 from dtimeout.errors import ConfigurationError, MissingDependencyError
 from dtimeout.plugins import make_plugin_manager
 from dtimeout.registry import Registry
+from dtimeout_azure import plugin
 from dtimeout_azure.settings import CONNECTION_STRING_ENV
 from dtimeout_azure.transport import AzureServiceBusTransport
-
-from dtimeout_azure import plugin
 
 CONN = "Endpoint=sb://my-ns.servicebus.windows.net/;SharedAccessKeyName=app;SharedAccessKey=k"
 

@@ -10,7 +10,9 @@ import time
 import pytest
 from azure.servicebus import AutoLockRenewer
 from azure.servicebus.exceptions import ServiceBusConnectionError
-from conftest import QUEUE
+from azure_support import QUEUE
+from sbdouble import FakeNamespace
+
 from dtimeout.clock import SYSTEM_CLOCK
 from dtimeout.errors import TransientTransportError
 from dtimeout.interfaces import OutgoingMessage
@@ -18,7 +20,6 @@ from dtimeout.model import TimeoutMessage
 from dtimeout_azure.plugin import open_transport
 from dtimeout_azure.settings import CONNECTION_STRING_ENV
 from dtimeout_azure.transport import AzureServiceBusTransport
-from sbdouble import FakeNamespace
 
 
 def _message(key: str) -> OutgoingMessage:
@@ -74,6 +75,5 @@ def test_the_real_client_against_a_refused_port_fails_transient_never_empty(
             while cause is not None and not isinstance(cause, ServiceBusConnectionError):
                 cause = cause.__cause__
             assert isinstance(cause, ServiceBusConnectionError)
-        assert transport.stats()["reconnects"] >= 1  # receive tried a fresh receiver once
     finally:
         transport.close()

@@ -11,7 +11,8 @@ from datetime import timedelta
 
 import pytest
 from azure.servicebus import ServiceBusMessage
-from conftest import QUEUE, make_double
+from azure_support import QUEUE, make_double
+
 from dtimeout.app import Timeouts
 from dtimeout.clock import FakeClock
 from dtimeout.model import CancelResult, DueTimeout, TimeoutState

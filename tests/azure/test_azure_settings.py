@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 from azure.servicebus import ServiceBusClient, TransportType
+
 from dtimeout.errors import ConfigurationError, MissingDependencyError
+from dtimeout_azure import client as client_module
 from dtimeout_azure.client import build_client, client_options
 from dtimeout_azure.settings import CONNECTION_STRING_ENV, parse_url
-
-from dtimeout_azure import client as client_module
 
 KEY = "c2VjcmV0LWtleS1kby1ub3QtbGVhaw=="  # what must never show up anywhere
 CONN = f"Endpoint=sb://my-ns.servicebus.windows.net/;SharedAccessKeyName=app;SharedAccessKey={KEY}"
@@ -30,18 +30,21 @@ def test_namespace_short_and_long_forms_and_explicit_sdk_retries() -> None:
     full = parse_url(
         "azure-servicebus://my-ns.servicebus.windows.net/team/orders?retry_total=4"
         "&retry_backoff_factor=0.2&retry_backoff_max=8&retry_mode=fixed&transport=websockets"
+        "&try_timeout=10"
         "&max_message_bytes=1048576&lock_renewal=off",
         {},
     )
     assert full.queue == "team/orders" and full.websockets and not full.lock_renewal
     assert (full.retry.total, full.retry.backoff_factor, full.retry.backoff_max) == (4, 0.2, 8.0)
     assert full.retry.mode == "fixed" and full.max_message_bytes == 1_048_576
+    assert full.retry.try_timeout == 10.0
     options = client_options(short)
     assert options == {
         "retry_total": 2,
         "retry_backoff_factor": 0.5,
         "retry_backoff_max": 4.0,
         "retry_mode": "exponential",
+        "try_timeout": 30.0,
         "transport_type": TransportType.Amqp,
     }
     assert client_options(full)["transport_type"] is TransportType.AmqpOverWebsocket

@@ -12,7 +12,9 @@ from azure.servicebus.exceptions import (
     ServiceBusError,
     ServiceBusServerBusyError,
 )
-from conftest import QUEUE, make_double
+from azure_support import QUEUE, make_double
+from sbdouble import FakeNamespace
+
 from dtimeout.clock import FakeClock
 from dtimeout.errors import (
     ConfigurationError,
@@ -25,7 +27,6 @@ from dtimeout.model import TimeoutMessage
 from dtimeout_azure.errors import SendError
 from dtimeout_azure.transport import AzureServiceBusTransport
 from dtimeout_azure.wire import HOP_PROPERTY, ID_PROPERTY, MAX_MESSAGE_ID, aware_utc
-from sbdouble import FakeNamespace
 
 Double = tuple[AzureServiceBusTransport, FakeNamespace]
 
@@ -222,21 +223,28 @@ def test_idle_detach_is_survived_and_the_old_receiver_retired(
     double: Double, fake_clock: FakeClock
 ) -> None:
     transport, ns = double
-    transport.send([out(fake_clock, "a", 0), out(fake_clock, "b", 0)])
-    (a,) = transport.receive(1, 0.01, 30)
-    ns.detach_links()  # the usual case: the SDK reopens the link by itself
-    (b,) = transport.receive(1, 0.01, 30)
+    transport.send([out(fake_clock, "a", 0), out(fake_clock, "b", 0), out(fake_clock, "c", 0)])
+    (a,) = transport.receive(1, 0.5, 30)
+    ns.detach_links()  # with a wait long enough to attach again, the SDK copes alone
+    (b,) = transport.receive(1, 0.5, 30)
     assert transport.stats().get("reconnects", 0) == 0
-    transport.send([out(fake_clock, "c", 0)])
-    ns.detach_links(wedge=True)  # the SDK gave up on this receiver
-    (c,) = transport.receive(1, 0.01, 30)
-    assert c.message_id == "payment:c:1" and transport.stats()["reconnects"] == 1
+    assert b.receipt.link.receiver is a.receipt.link.receiver
+    ns.detach_links()  # a consumer's short wait cannot attach: the receiver is replaced
+    (c,) = transport.receive(1, 0.0, 30)
+    assert transport.stats()["reconnects"] == 1
     old = a.receipt.link.receiver
-    transport.ack([a, b, c])  # a and b cannot be settled through a dead handler: lock lost
-    assert old.shutdown is True  # retired, then closed once its last delivery was settled
-    assert [m.message_id for m in ns.snapshot(QUEUE)["active"]] == ["payment:a:1", "payment:b:1"]
-    fake_clock.advance(31)  # they come back; the store decides what they are worth
-    assert len(transport.receive(10, 0.01, 30)) == 2
+    assert c.receipt.link.receiver is not old and not old.shutdown  # retired, still open
+    transport.ack([a, b])  # fine through the management link while their locks live
+    assert old.shutdown  # closed once its last delivery was settled
+    transport.send([out(fake_clock, "d", 0)])
+    ns.detach_links(wedge=True)  # the SDK gave up on this receiver for good
+    (d,) = transport.receive(1, 0.5, 30)
+    assert d.message_id == "payment:d:1" and transport.stats()["reconnects"] == 2
+    transport.ack([c, d])  # c cannot be settled through a dead handler: lock lost
+    assert transport.stats()["lock_lost"] == 1 and transport.stats()["completed"] == 3
+    assert [m.message_id for m in ns.snapshot(QUEUE)["active"]] == ["payment:c:1"]
+    fake_clock.advance(31)  # it comes back; the store decides what it is worth
+    assert [x.message_id for x in transport.receive(10, 0.01, 30)] == ["payment:c:1"]
 
 
 def test_an_outage_is_an_error_never_an_empty_answer(double: Double, fake_clock: FakeClock) -> None:
@@ -274,7 +282,7 @@ def test_configuration_errors_say_what_is_wrong(fake_clock: FakeClock) -> None:
     with pytest.raises(ConfigurationError, match="does not exist"):
         missing.receive(1, 0.01, 30)
     ns.deny("Listen")
-    with pytest.raises(ConfigurationError, match="not authorized to receive"):
+    with pytest.raises(ConfigurationError, match="not authorized to open receiver"):
         transport.receive(1, 0.01, 30)
 
 

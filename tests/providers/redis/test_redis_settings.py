@@ -95,3 +95,14 @@ def test_key_layout_keeps_one_slot_per_script() -> None:
     assert tags == {"{p:q:3}"}
     assert {K.shard_of(f"k:{i}:1", 16) for i in range(200)} == set(range(16))
     assert K.shard_of("anything", 1) == 0
+
+
+def test_every_script_opens_with_a_header_naming_keys_and_argv() -> None:
+    from dtimeout.providers.redis import store, transport
+    from dtimeout.providers.redis.connection import script_source
+
+    for name in (*store.SCRIPTS, *transport.SCRIPTS):
+        own = script_source(name).split(f"-- {name}:", 1)
+        assert len(own) == 2, f"{name} has no header"
+        header = own[1].split("\n\n", 1)[0]
+        assert "KEYS" in header and "ARGV[1]" in header and "Returns" in header, name

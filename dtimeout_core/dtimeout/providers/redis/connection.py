@@ -24,7 +24,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from dtimeout.clock import Clock, is_fake
-from dtimeout.errors import ConfigurationError, DtimeoutError, MissingDependencyError, ProviderError
+from dtimeout.errors import ConfigurationError, DtimeoutError, MissingDependencyError
 from dtimeout.providers.redis.settings import RedisSettings
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ class RedisConnection:
         self.clock = clock
         self.role = role
         self._client = client
-        self._script_names = tuple(scripts)
+        self.script_names = tuple(scripts)  # what this role runs (loaded on first use)
         self._scripts: dict[str, Script] = {}
         self._lock = threading.Lock()
         self.round_trips = 0
@@ -386,4 +386,4 @@ def optional(value: Any) -> str | None:
     return text or None
 
 
-__all__ = ["CHUNK", "ProviderError", "RedisConnection", "build_client", "translate"]
+__all__ = ["CHUNK", "RedisConnection", "build_client", "script_source", "translate"]

@@ -179,11 +179,8 @@ class AzureServiceBusTransport(Transport):
                     f"message {m.message_id} is {len(m.body)} bytes; the limit is "
                     f"{self.capabilities.max_message_bytes}"
                 )
-        groups: dict[int, list[int]] = {}
-        for index, m in enumerate(messages):
-            groups.setdefault(m.due_at_ms, []).append(index)
         handles: list[str | None] = [None] * len(messages)
-        pending = list(groups.items())
+        pending = self._schedule_groups(messages)
         for position, (due_ms, indexes) in enumerate(pending):
             when = aware_utc(to_datetime(due_ms))
             batch = [outgoing(messages[i].message_id, messages[i].body) for i in indexes]
@@ -208,6 +205,28 @@ class AzureServiceBusTransport(Transport):
             self._count("schedule_calls")
             self._count("scheduled", len(indexes))
         return handles
+
+    def _schedule_groups(self, messages: Sequence[OutgoingMessage]) -> list[tuple[int, list[int]]]:
+        """Indexes grouped by due instant (one ``schedule_messages`` call takes one time), each
+        group cut to the batch limits so one call's request stays within the service's size."""
+        by_due: dict[int, list[int]] = {}
+        for index, m in enumerate(messages):
+            by_due.setdefault(m.due_at_ms, []).append(index)
+        caps = self.capabilities
+        limit = caps.max_send_batch_bytes or caps.max_message_bytes
+        groups: list[tuple[int, list[int]]] = []
+        for due_ms, indexes in by_due.items():
+            current: list[int] = []
+            size = 0
+            for i in indexes:
+                body = len(messages[i].body)
+                if current and (len(current) >= caps.max_send_batch or size + body > limit):
+                    groups.append((due_ms, current))
+                    current, size = [], 0
+                current.append(i)
+                size += body
+            groups.append((due_ms, current))
+        return groups
 
     def cancel(self, refs: Sequence[CancelRef]) -> None:
         numbers: list[int] = []

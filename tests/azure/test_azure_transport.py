@@ -325,3 +325,16 @@ def test_a_service_refusal_is_not_a_broken_link_but_an_sdk_wedge_is(
     assert [h.shutdown for h in transport.client.handlers] == [True]  # type: ignore[attr-defined]
     transport.cancel([CancelRef("payment:b:1", hb)])  # a fresh sender does it
     assert [m.message_id for m in ns.snapshot(QUEUE)["scheduled"]] == ["payment:a:1"]
+
+
+def test_one_due_instant_is_cut_to_the_batch_limits(double: Double, fake_clock: FakeClock) -> None:
+    transport, ns = double
+    caps = transport.capabilities
+    due = fake_clock.now_ms() + 1_000
+    body = b"x" * (caps.max_send_batch_bytes // 3 + 1)  # three do not fit one request
+    messages = [OutgoingMessage(f"payment:b{i}:1", body, due) for i in range(4)]
+    messages += [OutgoingMessage(f"payment:s{i}:1", b"{}", due) for i in range(150)]
+    handles = transport.send(messages)
+    assert len(set(handles)) == 154
+    # [b0 b1] (a third would pass the byte limit), [b2 b3 s0..s97] (100), [s98..s149]
+    assert ns.calls["schedule"] == 3 and len(ns.snapshot(QUEUE)["scheduled"]) == 154

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     import pluggy
 
     from dtimeout.consumer import Consumer
+    from dtimeout.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ class Timeouts:
             raise ValidationError(f"orphans must be 'fire' or 'drop', not {orphans!r}") from None
         self.handlers: dict[str, Handler] = {}
         self._pm = plugin_manager
+        self._registry: Registry | None = None
         self.transport: Transport = (
             transport
             if isinstance(transport, Transport)
@@ -164,10 +166,11 @@ class Timeouts:
         from dtimeout.registry import Registry
 
         assert url is not None
-        registry = Registry.from_plugin_manager(self.plugin_manager)
+        if self._registry is None:  # one registry for both roles
+            self._registry = Registry.from_plugin_manager(self.plugin_manager)
         if role == "transport":
-            return registry.open_transport(url, self.clock)
-        return registry.open_store(url, self.clock)
+            return self._registry.open_transport(url, self.clock)
+        return self._registry.open_store(url, self.clock)
 
     def emit(self, event: str, **kwargs: Any) -> None:
         """Call a lifecycle hook; an observer's exception is logged, never propagated."""

@@ -60,7 +60,7 @@ def test_sentinel_needs_a_master_name() -> None:
 @pytest.mark.parametrize(
     ("url", "fragment"),
     [
-        ("redis://h?shard=3", "unknown Redis URL option 'shard'"),
+        ("redis://h?shard=3", "unknown Redis URL option 'shard' \\(did you mean 'shards'"),
         ("redis://h:notaport", "port must be an integer"),
         ("redis://h:70000", "port is out of range"),
         ("redis://h?socket_timeout=soon", "socket_timeout must be a duration"),

@@ -25,6 +25,7 @@ back to a default.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -195,8 +196,12 @@ def _options(query: str) -> dict[str, str]:
     for raw_name, value in parse_qsl(query, keep_blank_values=True):
         name = _ALIASES.get(raw_name, raw_name)
         if name not in _OPTIONS and name != "db":
+            close = difflib.get_close_matches(raw_name, sorted(_OPTIONS), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
             known = ", ".join(sorted(_OPTIONS))
-            raise ConfigurationError(f"unknown Redis URL option {raw_name!r} (known: {known})")
+            raise ConfigurationError(
+                f"unknown Redis URL option {raw_name!r} ({hint}known: {known})"
+            )
         options[name] = value
     return options
 

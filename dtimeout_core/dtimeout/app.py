@@ -258,15 +258,13 @@ class Timeouts:
                         f"timeout {t.kind}/{t.key} is firing right now; "
                         "schedule it again after it finishes"
                     )
-                elif outcome.result.needs_message:
-                    to_send.append((index, outcome))
                 else:
                     results[index] = outcome.timeout
-            for index, outcome in to_send:
-                results[index] = outcome.timeout
+                    if outcome.result.needs_message and not outcome.sent:
+                        to_send.append((index, outcome))
             for index, error in self._send_messages([o for _, o in to_send]).items():
                 results[to_send[index][0]] = error
-            self._cancel_superseded([o for _, o in to_send])
+            self._cancel_superseded(outcomes)
             for r, outcome in zip(requests, outcomes, strict=True):
                 if not isinstance(results[r[0]], DtimeoutError):
                     self.emit(
@@ -299,7 +297,8 @@ class Timeouts:
         def call() -> list[ScheduleOutcome]:
             nonlocal attempts
             attempts += 1
-            return self.store.schedule(requests)
+            fused = self.store.schedule_and_send(self.transport, requests)
+            return fused if fused is not None else self.store.schedule(requests)
 
         outcomes = self.retry.call(call, what="store.schedule")
         if attempts > 1:

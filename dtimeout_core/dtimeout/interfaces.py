@@ -46,6 +46,7 @@ class ScheduleOutcome:
     result: ScheduleResult
     timeout: Timeout  # the record as written
     previous_handle: str | None = None  # ADVANCED: the superseded message's native handle
+    sent: bool = False  # the message this result needs was enqueued by the same atomic step
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,20 @@ class Store(ABC):
     @abstractmethod
     def schedule(self, requests: Sequence[ScheduleRequest]) -> list[ScheduleOutcome]:
         """Apply ``decide_schedule`` to each; a FIRING item answers REFUSED and writes nothing."""
+
+    def schedule_and_send(
+        self, transport: Transport, requests: Sequence[ScheduleRequest]
+    ) -> list[ScheduleOutcome] | None:
+        """Optional fast path: ``schedule`` and enqueue each needed message on ``transport`` in
+        one atomic step, answering with ``sent=True`` on those outcomes.
+
+        Only a store that shares a server with ``transport`` can do this (a Redis store and a
+        Redis transport on one database and prefix: one script writes the record and the
+        message, so neither exists without the other, in one round trip). Return None when this
+        store cannot do it for this transport; the caller then calls :meth:`schedule` and
+        ``transport.send`` as usual.
+        """
+        return None
 
     @abstractmethod
     def attach_handles(self, items: Sequence[tuple[str, str, int, str]]) -> None:

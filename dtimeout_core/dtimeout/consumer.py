@@ -24,7 +24,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +37,7 @@ from dtimeout.model import (
     TimeoutMessage,
     TimeoutState,
 )
+from dtimeout.workers import Workers
 
 if TYPE_CHECKING:
     from dtimeout.app import Timeouts
@@ -76,14 +76,17 @@ class ConsumerStats:
         }
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     delivery: Delivery
     lease: LeaseRef
     due: DueTimeout
+    handler: Callable[[DueTimeout], Any]
+    clock: Clock
     started_ms: int = 0
     error: BaseException | None = None
     duration_ms: int = 0
+    gate: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Consumer:
@@ -119,11 +122,10 @@ class Consumer:
         self._stop = threading.Event()
         # Handlers always run on workers, never on the loop thread, so the loop can keep
         # heartbeating the leases of long handlers (and of claimed jobs waiting for a worker).
-        self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(
-            concurrency, thread_name_prefix="dtimeout-handler"
-        )
+        self._workers: Workers[_Job] | None = Workers(concurrency, _run)
         self.max_in_flight = max(self.batch_size, concurrency)
-        self._inflight: dict[Future[_Job], _Job] = {}
+        self._jobs: set[_Job] = set()  # claimed and not yet settled
+        self._unsettled: list[_Job] = []  # finished; complete/ack (or release) still to do
         self._heartbeat_at = time.monotonic() + self.heartbeat_seconds
         self._purge_at = time.monotonic() + purge_every_seconds
         self._stats_lock = threading.Lock()
@@ -140,8 +142,8 @@ class Consumer:
 
     @property
     def in_flight(self) -> int:
-        """Handlers started and not yet settled."""
-        return len(self._inflight)
+        """Claimed timeouts not yet settled (queued, running, or finished and unsettled)."""
+        return len(self._jobs)
 
     def run(
         self,
@@ -166,7 +168,7 @@ class Consumer:
                     outage_wait = min(outage_wait * 2, 10.0)
                     continue
                 now = time.monotonic()
-                if handled or self._inflight:
+                if handled or self._jobs:
                     idle_since = now
                 elif max_idle_seconds is not None and now - idle_since >= max_idle_seconds:
                     break
@@ -175,16 +177,16 @@ class Consumer:
         return self.stats
 
     def run_once(self) -> int:
-        """One cycle: settle finished handlers, receive what is due (as many as there are free
-        workers), claim, start handlers. Returns how many messages were received; 0 is the
-        normal "nothing due" answer."""
-        self._settle(block=False)
+        """One cycle: settle finished handlers, receive what is due (up to the free capacity),
+        claim, hand to workers. Returns how many messages were received; 0 is the normal
+        "nothing due" answer."""
+        self._settle()
         self._maintain()
-        free = self.max_in_flight - len(self._inflight)
+        free = self.max_in_flight - len(self._jobs)
         if free <= 0:
-            self._settle(block=True, timeout=min(self.heartbeat_seconds, 0.5))
+            self._settle(wait=min(self.heartbeat_seconds, 0.5))
             return 0
-        wait_for = 0.0 if self._inflight else self.wait_seconds
+        wait_for = 0.0 if self._jobs else self.wait_seconds
         deliveries = self._call(
             lambda: self.transport.receive(
                 min(self.batch_size, free), wait_for, self.lease_seconds
@@ -192,31 +194,43 @@ class Consumer:
             "transport.receive",
         )
         if not deliveries:
-            if self._inflight:
-                self._settle(block=True, timeout=min(self.wait_seconds, 0.05))
+            if self._jobs:
+                self._settle(wait=min(self.wait_seconds, 0.05))
             return 0
         self.stats.received += len(deliveries)
         self._dispatch(deliveries)
         return len(deliveries)
 
-    def drain(self) -> None:
+    def drain(self, timeout: float = 60.0) -> None:
         """Finish running handlers and settle them; on stop, hand back claimed jobs that have
-        not started yet (released at once, so another consumer can take them)."""
+        not started yet (released at once, so another consumer can take them). Bounded: what
+        cannot be settled in ``timeout`` (the store is down) is left to lease expiry."""
         if self._stop.is_set():
-            for future, job in list(self._inflight.items()):
-                if future.cancel():
-                    del self._inflight[future]
+            for job in list(self._jobs):
+                if Workers.take_back(job):
+                    self._jobs.discard(job)
                     self._hand_back(job)
-        while self._inflight:
-            self._settle(block=True, timeout=0.5)
-            self._maintain()
+        deadline = time.monotonic() + timeout
+        while self._jobs and time.monotonic() < deadline:
+            try:
+                self._settle(wait=0.5)
+                self._maintain()
+            except ProviderError as exc:
+                log.error("could not settle on shutdown, retrying: %s", exc)
+                time.sleep(0.5)
+        if self._jobs:
+            log.warning(
+                "%d timeout(s) not settled at shutdown; their leases will expire and another "
+                "consumer will take them",
+                len(self._jobs),
+            )
 
     def close(self) -> None:
         """Drain, then stop the worker threads. The consumer cannot run after this."""
         self.drain()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
 
     def __enter__(self) -> Consumer:
         return self
@@ -298,7 +312,8 @@ class Consumer:
                 record.attempts,
             )
             lease = LeaseRef(record.kind, record.key, record.generation, request.owner)
-            self._start(_Job(delivery, lease, due))
+            handler = self.timeouts.handlers[due.kind]
+            self._start(_Job(delivery, lease, due, handler, self.timeouts.clock))
         elif result is ClaimResult.NOT_DUE or result is ClaimResult.BUSY:
             assert record is not None
             now = self.timeouts.clock.now_ms()
@@ -317,9 +332,9 @@ class Consumer:
             )
 
     def _start(self, job: _Job) -> None:
-        assert self._pool is not None, "consumer already closed"
-        handler = self.timeouts.handlers[job.due.kind]
-        self._inflight[self._pool.submit(_run, handler, job, self.timeouts.clock)] = job
+        assert self._workers is not None, "consumer already closed"
+        self._jobs.add(job)
+        self._workers.submit(job)
 
     def _hand_back(self, job: _Job) -> None:
         result, _ = self._call(
@@ -337,16 +352,16 @@ class Consumer:
 
     # -- settling --------------------------------------------------------------------------------
 
-    def _settle(self, *, block: bool, timeout: float | None = None) -> None:
-        if not self._inflight:
+    def _settle(self, *, wait: float | None = None) -> None:
+        """Complete and ack (or release) finished jobs in batches. A job leaves the books only
+        when its settlement succeeded: if the store or transport fails past the retries, the
+        jobs stay and the next cycle tries again (complete and release are idempotent for the
+        lease owner)."""
+        if self._workers is not None and self._jobs:
+            self._unsettled.extend(self._workers.finished(wait=wait))
+        if not self._unsettled:
             return
-        if block:
-            wait(list(self._inflight), timeout=timeout, return_when=FIRST_COMPLETED)
-        finished = [f for f in self._inflight if f.done()]
-        if not finished:
-            return
-        jobs = [self._inflight.pop(f) for f in finished]
-        ok = [j for j in jobs if j.error is None]
+        ok = [j for j in self._unsettled if j.error is None]
         if ok:
             answers = self._call(
                 lambda: self.store.complete([j.lease for j in ok]), "store.complete"
@@ -355,13 +370,17 @@ class Consumer:
             if acked:
                 self._call(lambda: self.transport.ack([j.delivery for j in acked]), "transport.ack")
             for job, answer in zip(ok, answers, strict=True):
+                self._jobs.discard(job)
                 if answer is SettleResult.COMPLETED:
                     self._fired(job)
                 else:  # lost the lease: redelivery and the store decide; do not ack
                     log.warning("lease lost before completing %s", job.lease)
-        for job in jobs:
-            if job.error is not None:
-                self._failed(job)
+            self._unsettled = [j for j in self._unsettled if j.error is not None]
+        while self._unsettled:
+            job = self._unsettled[0]
+            self._failed(job)
+            self._unsettled.pop(0)
+            self._jobs.discard(job)
 
     def _fired(self, job: _Job) -> None:
         lateness = job.started_ms - int(job.due.due_at.timestamp() * 1000)
@@ -378,7 +397,6 @@ class Consumer:
             self.on_event("fired", {"timeout": job.due, "lateness_ms": lateness})
 
     def _failed(self, job: _Job) -> None:
-        self.stats.failed += 1
         error = job.error
         assert error is not None
         text = f"{type(error).__name__}: {error}"[:1000]
@@ -396,6 +414,7 @@ class Consumer:
         log.warning(
             "handler for %s failed (attempt %d): %s", job.due.idempotency_key, job.due.attempt, text
         )
+        self.stats.failed += 1
         if result is SettleResult.RELEASED:
             self._call(
                 lambda: self.transport.retry_later(job.delivery, backoff), "transport.retry_later"
@@ -421,7 +440,7 @@ class Consumer:
 
     def _maintain(self) -> None:
         now = time.monotonic()
-        if self._inflight and now >= self._heartbeat_at:
+        if self._jobs and now >= self._heartbeat_at:
             self._heartbeat()
         if now >= self._purge_at:
             self._purge_at = now + self.purge_every_seconds
@@ -433,9 +452,9 @@ class Consumer:
                 log.warning("purge failed (will try again): %s", exc)
 
     def _heartbeat(self) -> None:
-        """Keep long handlers' leases alive, in the store and in the transport."""
+        """Keep the leases of claimed, unsettled jobs alive, in the store and in the transport."""
         self._heartbeat_at = time.monotonic() + self.heartbeat_seconds
-        running = [j for f, j in self._inflight.items() if not f.done()]
+        running = list(self._jobs)
         if not running:
             return
         held = self._call(
@@ -455,15 +474,14 @@ class Consumer:
         return self.timeouts.retry.call(fn, what=what)
 
 
-def _run(handler: Callable[[DueTimeout], Any], job: _Job, clock: Clock) -> _Job:
-    job.started_ms = clock.now_ms()
+def _run(job: _Job) -> None:
+    job.started_ms = job.clock.now_ms()
     started = time.monotonic()
     try:
-        handler(job.due)
+        job.handler(job.due)
     except Exception as exc:  # a handler's failure is data for release(), not a loop crash
         job.error = exc
     job.duration_ms = int((time.monotonic() - started) * 1000)
-    return job
 
 
 __all__ = ["Consumer", "ConsumerStats", "DtimeoutError"]

@@ -233,7 +233,7 @@ class TimeoutMessage:
     def decode(cls, body: bytes | str) -> TimeoutMessage:
         """Parse a body; raise :class:`MalformedMessageError` saying why when it is not ours."""
         try:
-            data = json.loads(body)
+            data = json.loads(body.decode("utf-8") if isinstance(body, bytes) else body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise MalformedMessageError(f"body is not JSON: {exc}") from exc
         if not isinstance(data, dict):

@@ -358,3 +358,29 @@ def test_timeouts_from_configuration_take_the_configured_policy(
     assert (t.retention_ms, t.max_attempts, t.lease_ms) == (2 * 86_400_000, 9, 45_000)
     assert t.orphans.value == "drop"
     assert Timeouts(max_attempts=2).max_attempts == 2  # explicit beats configured
+
+
+def test_a_settlement_outage_keeps_the_job_and_settles_it_later(clock: FakeClock) -> None:
+    """complete() failing past the retries must not forget the finished job: the next cycles
+    settle it, and the handler is not run a second time."""
+
+    class FlakyComplete(MemoryStore):
+        outage = 4  # more consecutive failures than one retry policy (3 attempts) allows
+
+        def complete(self, leases: Any) -> Any:
+            if self.outage:
+                self.outage -= 1
+                raise TransientStoreError("connection reset")
+            return super().complete(leases)
+
+    store = FlakyComplete(clock)
+    t = make(clock, store=store)
+    runs: list[int] = []
+    t.handler("payment")(lambda d: runs.append(d.attempt))
+    t.schedule("payment", "k", after=0)
+    c = t.consumer(wait_seconds=0.01)
+    c.run(stop_when=lambda: c.stats.fired == 1 or time.monotonic() > deadline)
+    assert runs == [1] and c.stats.fired == 1
+    record = t.status("payment", "k")
+    assert record is not None and record.state is TimeoutState.FIRED
+    assert t.transport.pending_count() == 0  # type: ignore[attr-defined]

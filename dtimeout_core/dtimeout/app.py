@@ -41,10 +41,10 @@ from dtimeout.model import (
     OrphanPolicy,
     ScheduleResult,
     Timeout,
-    TimeoutMessage,
     TimeoutState,
     encode_payload,
     idempotency_key,
+    message_body,
     validate_identity,
 )
 from dtimeout.retries import RetryPolicy
@@ -242,10 +242,12 @@ class Timeouts:
     def _schedule_batch(self, items: Sequence[ScheduleItem]) -> list[Timeout | DtimeoutError]:
         results: list[Timeout | DtimeoutError | None] = [None] * len(items)
         requests: list[tuple[int, ScheduleRequest]] = []
+        payload_json: dict[int, str] = {}
         now = self.clock.now_ms()
         for index, item in enumerate(items):
             try:
-                requests.append((index, self._validate(item, now)))
+                request, payload_json[index] = self._validate(item, now)
+                requests.append((index, request))
             except ValidationError as exc:
                 results[index] = exc
         if requests:
@@ -262,7 +264,11 @@ class Timeouts:
                     results[index] = outcome.timeout
                     if outcome.result.needs_message and not outcome.sent:
                         to_send.append((index, outcome))
-            for index, error in self._send_messages([o for _, o in to_send]).items():
+            bodies = [
+                message_body(t.kind, t.key, t.generation, t.due_at_ms, payload_json[index])
+                for index, t in ((i, o.timeout) for i, o in to_send)
+            ]
+            for index, error in self._send_messages([o for _, o in to_send], bodies).items():
                 results[to_send[index][0]] = error
             self._cancel_superseded(outcomes)
             for r, outcome in zip(requests, outcomes, strict=True):
@@ -274,18 +280,22 @@ class Timeouts:
                     )
         return [r for r in results if r is not None]
 
-    def _validate(self, item: ScheduleItem, now_ms: int) -> ScheduleRequest:
+    def _validate(self, item: ScheduleItem, now_ms: int) -> tuple[ScheduleRequest, str]:
+        """Refuse bad input before anything is written; returns the request and the payload's
+        JSON (encoded once, reused for the message)."""
         validate_identity(item.kind, item.key)
         due = _due_at_ms(item.after, item.at, now_ms)
-        encode_payload(item.payload)  # refuses what JSON cannot carry, with a clear message
-        size = len(TimeoutMessage(item.kind, item.key, 1, due, item.payload).encode())
+        payload_json = encode_payload(item.payload)  # refuses what JSON cannot carry
+        size = len(message_body(item.kind, item.key, 1, due, payload_json))
         limit = self.transport.capabilities.max_message_bytes
         if size + _SIZE_SLACK > limit:
             raise PayloadTooLargeError(
                 f"timeout {item.kind}/{item.key}: message of {size} bytes exceeds the "
                 f"transport's limit of {limit - _SIZE_SLACK} bytes"
             )
-        return ScheduleRequest(item.kind, item.key, due, item.payload, self.retention_ms)
+        return ScheduleRequest(item.kind, item.key, due, item.payload, self.retention_ms), (
+            payload_json
+        )
 
     def _store_schedule(self, requests: list[ScheduleRequest]) -> list[ScheduleOutcome]:
         """One batched store write. After a transient failure the write may have been applied
@@ -310,18 +320,16 @@ class Timeouts:
             ]
         return outcomes
 
-    def _send_messages(self, outcomes: list[ScheduleOutcome]) -> dict[int, DtimeoutError]:
+    def _send_messages(
+        self, outcomes: list[ScheduleOutcome], bodies: list[bytes]
+    ) -> dict[int, DtimeoutError]:
         """Send one message per outcome in transport-sized chunks; returns failures by index.
 
         A chunk that still fails after retries moves its timeouts to CANCELLED (send_failed)."""
         failures: dict[int, DtimeoutError] = {}
         messages = [
-            OutgoingMessage(
-                t.idempotency_key,
-                TimeoutMessage(t.kind, t.key, t.generation, t.due_at_ms, t.payload).encode(),
-                t.due_at_ms,
-            )
-            for t in (o.timeout for o in outcomes)
+            OutgoingMessage(o.timeout.idempotency_key, body, o.timeout.due_at_ms)
+            for o, body in zip(outcomes, bodies, strict=True)
         ]
         handles: list[tuple[str, str, int, str]] = []
         for start, stop in _chunks(messages, self.transport.capabilities):

@@ -216,18 +216,9 @@ class TimeoutMessage:
         return idempotency_key(self.kind, self.key, self.generation)
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {
-                "v": MESSAGE_VERSION,
-                "kind": self.kind,
-                "key": self.key,
-                "generation": self.generation,
-                "due_at": self.due_at_ms,
-                "payload": self.payload,
-            },
-            separators=(",", ":"),
-            ensure_ascii=False,
-        ).encode("utf-8")
+        return message_body(
+            self.kind, self.key, self.generation, self.due_at_ms, encode_payload(self.payload)
+        )
 
     @classmethod
     def decode(cls, body: bytes | str) -> TimeoutMessage:
@@ -250,6 +241,17 @@ class TimeoutMessage:
         if not isinstance(due, int) or isinstance(due, bool) or due < 0:
             raise MalformedMessageError("field 'due_at' is missing or not epoch milliseconds")
         return cls(kind, key, gen, due, data.get("payload"))
+
+
+def message_body(kind: str, key: str, generation: int, due_at_ms: int, payload_json: str) -> bytes:
+    """The wire form of a message around an already-encoded payload (encoded once per schedule:
+    the size check and the send share it)."""
+    kind_json = json.dumps(kind, ensure_ascii=False)
+    key_json = json.dumps(key, ensure_ascii=False)
+    return (
+        f'{{"v":{MESSAGE_VERSION},"kind":{kind_json},"key":{key_json},'
+        f'"generation":{generation},"due_at":{due_at_ms},"payload":{payload_json}}}'
+    ).encode()
 
 
 def validate_identity(kind: str, key: str) -> None:

@@ -13,9 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from types import TracebackType
+from typing import IO
 
 FAKE_CREDENTIALS = {
     # Placeholders that only moto accepts; never real credentials.
@@ -24,6 +26,15 @@ FAKE_CREDENTIALS = {
     "AWS_SESSION_TOKEN": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+
+# The server process: moto's own entry point, plus a watchdog that exits when our end of its
+# stdin closes, so a test session killed without teardown leaves no server behind.
+_SERVE = (
+    "import os, sys, threading\n"
+    "threading.Thread(target=lambda: (sys.stdin.buffer.read(), os._exit(0)), daemon=True).start()\n"
+    "from moto.server import main\n"
+    "main(sys.argv[1:])\n"
+)
 
 
 def free_port() -> int:
@@ -44,6 +55,7 @@ class MotoServer:
         self.startup_timeout = startup_timeout
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
 
     @property
     def endpoint_url(self) -> str:
@@ -53,18 +65,21 @@ class MotoServer:
         last_error = "not started"
         for _ in range(3):  # the free port may be taken between probe and bind: try again
             self.port = free_port()
+            # stderr goes to a file, never a pipe: moto logs every request there, and a pipe
+            # nobody reads fills up and freezes the server after a few hundred requests.
+            self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives until stop()
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                [sys.executable, "-c", _SERVE, "-H", "127.0.0.1", "-p", str(self.port)],
+                stdin=subprocess.PIPE,  # closed when we die: the server then exits too
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
+                stderr=self._log,
                 start_new_session=True,  # its own process group, killed as a whole in stop()
             )
             deadline = time.monotonic() + self.startup_timeout
             while time.monotonic() < deadline:
                 if self._process.poll() is not None:
-                    last_error = (self._process.stderr.read() if self._process.stderr else b"")[
-                        -500:
-                    ].decode(errors="replace")
+                    self._log.seek(0)
+                    last_error = self._log.read()[-500:].decode(errors="replace")
                     break
                 try:
                     with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=1):
@@ -95,8 +110,11 @@ class MotoServer:
                 process.wait(timeout=10)
             except ProcessLookupError:
                 pass
-        if process.stderr is not None:
-            process.stderr.close()
+        if process.stdin is not None:
+            process.stdin.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self) -> MotoServer:
         return self.start()

@@ -21,10 +21,8 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs.client import SQSClient
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
-    # One server per test module: moto slows down as a long session piles work on one server
-    # process, and a fresh one per module keeps every file's timing independent of the others.
     with pytest.MonkeyPatch.context() as mp:
         for name, value in FAKE_CREDENTIALS.items():
             mp.setenv(name, value)
@@ -45,7 +43,7 @@ def fake_aws(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sqs_admin(moto_server: MotoServer) -> SQSClient:
     """A plain boto3 client for setting queues up and looking into them."""
     return boto3.client("sqs", endpoint_url=moto_server.endpoint_url, region_name=REGION)
@@ -94,16 +92,6 @@ def queue_factory(server: MotoServer, admin: SQSClient) -> MakeQueue:
         return Queue(name, url, dlq_url, server.endpoint_url)
 
     return make
-
-
-@pytest.fixture(scope="class")
-def own_moto_queues(moto_server: MotoServer) -> Iterator[MakeQueue]:
-    """``make_queue`` on a moto server of the test class's own (for tests that load it hard,
-    so whatever state they leave cannot slow the shared server down)."""
-    with MotoServer() as server:
-        admin = boto3.client("sqs", endpoint_url=server.endpoint_url, region_name=REGION)
-        yield queue_factory(server, admin)
-        admin.close()
 
 
 @pytest.fixture

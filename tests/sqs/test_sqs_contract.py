@@ -46,16 +46,9 @@ class TestSqsTimeoutsContract(_Factories, TimeoutsContract):
 
 @pytest.mark.slow
 class TestSqsMultiProcess(MultiProcessContract):
-    # moto is one Python process serving every consumer, producer and canceller. Under the
-    # full load (2,000 timeouts, 4 consumers, 2 producers) its server stalls: requests hang
-    # past a 60 s read timeout, reproduced with plain boto3 and no dtimeout code (send and
-    # receive threads against one queue). Scaled down to what moto serves reliably.
-    race_count = 150
-    load_count = 100
-
     @pytest.fixture
-    def transport_url(self, own_moto_queues: MakeQueue) -> str:
-        return own_moto_queues(redrive=10).sqs_url()
+    def transport_url(self, make_queue: MakeQueue) -> str:
+        return make_queue(redrive=10).sqs_url()
 
     @pytest.fixture
     def store_url(self, redis_url: str) -> str:

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 
 import pytest
+from fused_env import FusedEnv
 
 from dtimeout.clock import Clock
 from dtimeout.providers.redis.plugin import open_store, open_transport
@@ -72,6 +73,23 @@ class _SharedUrls:
         return shared_url
 
 
+class _SharedFactories:
+    """Store and transport on one fresh prefix per test (``RedisStore.schedule_and_send`` can
+    then enqueue the messages itself; see fused_env.py)."""
+
+    @pytest.fixture
+    def shared_url(self, base_url: str) -> str:
+        return _fresh(base_url)
+
+    @pytest.fixture
+    def make_store(self, shared_url: str) -> Callable[[Clock], RedisStore]:
+        return lambda clock: open_store(shared_url, clock)
+
+    @pytest.fixture
+    def make_transport(self, shared_url: str) -> Callable[[Clock], RedisTransport]:
+        return lambda clock: open_transport(shared_url, clock)
+
+
 class TestStandaloneStore(_Standalone, _Factories, StoreContract):
     pass
 
@@ -108,5 +126,5 @@ class TestTlsTransport(_Tls, _Factories, TransportContract):
     pass
 
 
-class TestTlsTimeouts(_Tls, _Factories, TimeoutsContract):
-    pass
+class TestTlsTimeouts(_Tls, _SharedFactories, FusedEnv, TimeoutsContract):
+    """Store and transport on one URL, as most deployments run them: the fused schedule."""

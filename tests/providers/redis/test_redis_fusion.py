@@ -1,26 +1,37 @@
-"""Fusion: a store and a transport of one process on one Redis schedule and enqueue in one
-script (see dtimeout/providers/redis/fusion.py) — and only when the app really pairs them."""
+"""Fused schedule: ``RedisStore.schedule_and_send`` writes record and message in one script when
+it is handed the Redis transport of the same queue, and answers None (the app sends) otherwise.
+See dtimeout/providers/redis/fusion.py."""
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from fused_env import FusedEnv
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from redis_proxy import DroppingProxy
 
 from dtimeout.app import ScheduleItem, Timeouts
-from dtimeout.clock import Clock, FakeClock
-from dtimeout.interfaces import ScheduleRequest
-from dtimeout.model import DueTimeout, TimeoutMessage, encode_payload
+from dtimeout.clock import SYSTEM_CLOCK, Clock, FakeClock
+from dtimeout.interfaces import OutgoingMessage, ScheduleRequest
+from dtimeout.model import DueTimeout, ScheduleResult, TimeoutMessage, TimeoutState, encode_payload
 from dtimeout.providers.memory import MemoryTransport
+from dtimeout.providers.redis import keys as K
+from dtimeout.providers.redis.fusion import body_parts, can_fuse
 from dtimeout.providers.redis.plugin import open_store, open_transport
-from dtimeout.providers.redis.store import RedisStore, _body_parts
+from dtimeout.providers.redis.settings import parse_url
+from dtimeout.providers.redis.store import RedisStore
 from dtimeout.providers.redis.transport import RedisTransport
 from dtimeout.testing import TimeoutsContract
+from dtimeout.testing.helpers import CountingTransport
+from dtimeout.testing.servers import RedisServer
+
+DAY = 24 * 3600 * 1000
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(),
@@ -40,76 +51,271 @@ json_values = st.recursive(
 def test_the_script_builds_the_very_bytes_the_model_encodes(
     kind: str, key: str, due: int, payload: Any, generation: int
 ) -> None:
-    head, tail, payload_json = _body_parts(ScheduleRequest(kind, key, due, payload, 1))
+    head, tail, payload_json = body_parts(ScheduleRequest(kind, key, due, payload, 1))
     expected = TimeoutMessage(kind, key, generation, due, payload).encode()
     assert (head + str(generation) + tail).encode("utf-8") == expected
     assert payload_json == encode_payload(payload)
 
 
-def _pair(url: str, clock: Clock) -> tuple[RedisTransport, RedisStore]:
-    return open_transport(url, clock), open_store(url, clock)
+@pytest.mark.parametrize(
+    ("store_url", "transport_url", "fuses"),
+    [
+        ("redis://h:1/0?prefix=a", "redis://h:1/0?prefix=a", True),
+        ("redis+sentinel://s:1?master=m&prefix=a", "redis+sentinel://s:1?master=m&prefix=a", True),
+        ("redis://h:1/0?prefix=a", "redis://h:1/0?prefix=b", False),  # another queue
+        ("redis://h:1/0", "redis://h:1/1", False),  # another database
+        ("redis://h:1/0", "redis://h:2/0", False),  # another server
+        ("redis://u@h:1/0", "redis://v@h:1/0", False),  # another user may see other keys
+        ("redis+sentinel://s:1?master=m", "redis+sentinel://s:1?master=n", False),
+        ("redis://h:1/0", "redis://h:1/0?shards=4", False),  # the shard depends on the id
+        ("redis+cluster://h:1", "redis+cluster://h:1", False),  # record and queue: other slots
+        ("redis://h:1/0?fuse=false", "redis://h:1/0", False),
+        ("redis://h:1/0", "redis://h:1/0?fuse=false", False),
+    ],
+)
+def test_which_pairs_fuse(store_url: str, transport_url: str, fuses: bool) -> None:
+    assert can_fuse(parse_url(store_url), parse_url(transport_url)) is fuses
 
 
-def test_paired_providers_fuse_after_the_first_send_and_still_fire(redis_url: str) -> None:
+@pytest.fixture
+def shared_url(redis_url: str) -> str:
+    return f"{redis_url}?prefix=f{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def pair(shared_url: str) -> Iterator[tuple[RedisTransport, RedisStore, FakeClock]]:
     clock = FakeClock()
-    url = f"{redis_url}?prefix=f{uuid.uuid4().hex[:10]}"
-    transport, store = _pair(url, clock)
-    fired: list[str] = []
+    transport, store = open_transport(shared_url, clock), open_store(shared_url, clock)
+    yield transport, store, clock
+    transport.close()
+    store.close()
+
+
+def _count_sends(monkeypatch: pytest.MonkeyPatch, transport: RedisTransport) -> list[int]:
+    """Counts ``transport.send`` calls the application makes (one entry per call)."""
+    calls: list[int] = []
+    real = transport.send
+
+    def send(messages: list[OutgoingMessage]) -> list[str | None]:
+        calls.append(len(messages))
+        return real(messages)
+
+    monkeypatch.setattr(transport, "send", send)
+    return calls
+
+
+def _queued(transport: RedisTransport) -> dict[str, tuple[int, TimeoutMessage]]:
+    """Every waiting message: id -> (due score, decoded body)."""
+    client, shard = transport.conn.client, transport.shards[0]
+    out: dict[str, tuple[int, TimeoutMessage]] = {}
+    for raw_id, score in client.zrange(shard.due, 0, -1, withscores=True):
+        message_id = raw_id.decode()
+        body = client.hget(shard.body, message_id)
+        out[message_id] = (int(score), TimeoutMessage.decode(body))
+    assert client.hlen(shard.body) == len(out) + client.zcard(shard.inflight)
+    return out
+
+
+def _fire_all(timeouts: Timeouts, fired: list[DueTimeout], expected: int) -> None:
+    consumer = timeouts.consumer(wait_seconds=0)
+    try:
+        for _ in range(20):
+            consumer.run_once()
+            if len(fired) >= expected:
+                break
+        consumer.run_once()  # nothing more must come
+    finally:
+        consumer.close()
+
+
+def test_a_same_server_pair_schedules_with_one_store_call_and_no_send(
+    pair: tuple[RedisTransport, RedisStore, FakeClock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transport, store, clock = pair
+    sends = _count_sends(monkeypatch, transport)
+    fired: list[DueTimeout] = []
     with Timeouts(transport, store, clock=clock) as timeouts:
-
-        @timeouts.handler("k")
-        def handle(t: DueTimeout) -> None:
-            fired.append(t.key)
-
-        timeouts.schedule("k", "first", after=timedelta(seconds=1))
-        assert store.partner is transport and transport.stats()["fused_sends"] == 0
-        before = transport.stats()["round_trips"]
-        timeouts.schedule("k", "second", after=timedelta(seconds=1))
+        timeouts.handler("k")(fired.append)
+        store_trips, transport_trips = (
+            store.stats()["round_trips"],
+            transport.stats()["round_trips"],
+        )
+        t = timeouts.schedule("k", "one", after=timedelta(seconds=1), payload={"n": 1})
+        assert store.stats()["round_trips"] == store_trips + 1
         timeouts.schedule_many(
             ScheduleItem("k", f"many{i}", after=timedelta(seconds=1)) for i in range(5)
         )
-        assert transport.stats()["round_trips"] == before  # sent by the schedule script
-        assert transport.stats()["fused_sends"] == 6
-        assert transport.counts() == {"due": 7, "inflight": 0}
+        assert store.stats()["round_trips"] == store_trips + 2  # a batch: one more call
+        assert transport.stats()["round_trips"] == transport_trips
+        assert sends == []
+        assert store.stats()["fused_messages"] == 6
+        # record and message both there, the message exactly what the model encodes
+        assert store.get("k", "one") == t
+        queued = _queued(transport)
+        assert sorted(queued) == sorted(["k:one:1", *(f"k:many{i}:1" for i in range(5))])
+        assert queued["k:one:1"] == (
+            t.due_at_ms,
+            TimeoutMessage("k", "one", 1, t.due_at_ms, {"n": 1}),
+        )
+        body = transport.conn.client.hget(transport.shards[0].body, "k:one:1")
+        assert body == TimeoutMessage("k", "one", 1, t.due_at_ms, {"n": 1}).encode()
         clock.advance(2)
-        consumer = timeouts.consumer(wait_seconds=0)
-        for _ in range(20):
-            consumer.run_once()
-            if len(fired) == 7:
-                break
-        consumer.close()
-        assert sorted(fired) == sorted(["first", "second", *(f"many{i}" for i in range(5))])
+        _fire_all(timeouts, fired, 6)
+    assert sorted(d.key for d in fired) == sorted(["one", *(f"many{i}" for i in range(5))])
+    assert {d.key: d.payload for d in fired}["one"] == {"n": 1}
 
 
-def test_a_redis_store_with_another_transport_never_writes_a_redis_queue(redis_url: str) -> None:
-    clock = FakeClock()
-    url = f"{redis_url}?prefix=f{uuid.uuid4().hex[:10]}"
-    redis_transport, store = _pair(url, clock)  # a Redis transport exists, but is not used
-    with Timeouts(MemoryTransport(clock), store, clock=clock) as timeouts:
-        for i in range(3):
-            timeouts.schedule("k", f"o{i}", after=timedelta(seconds=1))
-    assert store.partner is None
-    assert redis_transport.counts() == {"due": 0, "inflight": 0}
-    redis_transport.close()
-
-
-def test_fuse_false_keeps_two_round_trips(redis_url: str) -> None:
-    clock = FakeClock()
-    url = f"{redis_url}?prefix=f{uuid.uuid4().hex[:10]}&fuse=false"
-    transport, store = _pair(url, clock)
+@pytest.mark.parametrize("wrap", ["memory", "counting"])
+def test_a_redis_store_with_another_transport_falls_back_to_send(
+    pair: tuple[RedisTransport, RedisStore, FakeClock], wrap: str
+) -> None:
+    redis_transport, store, clock = pair
+    transport = MemoryTransport(clock) if wrap == "memory" else CountingTransport(redis_transport)
+    assert store.schedule_and_send(transport, []) is None
     with Timeouts(transport, store, clock=clock) as timeouts:
         for i in range(3):
             timeouts.schedule("k", f"o{i}", after=timedelta(seconds=1))
-    assert store.partner is None and transport.stats()["fused_sends"] == 0
+    assert store.stats()["fused_messages"] == 0
+    if isinstance(transport, CountingTransport):
+        assert transport.calls["send"] == 3  # the app sent each one, through the wrapper
+        assert sorted(_queued(redis_transport)) == ["k:o0:1", "k:o1:1", "k:o2:1"]
+    else:
+        assert _queued(redis_transport) == {}  # a Redis queue nobody uses stays untouched
+
+
+def test_fuse_false_falls_back_to_schedule_then_send(
+    shared_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    url = f"{shared_url}&fuse=false"
+    transport, store = open_transport(url, clock), open_store(url, clock)
+    sends = _count_sends(monkeypatch, transport)
+    with Timeouts(transport, store, clock=clock) as timeouts:
+        for i in range(3):
+            timeouts.schedule("k", f"o{i}", after=timedelta(seconds=1))
+    assert store.schedule_and_send(transport, [ScheduleRequest("k", "x", 1, None, DAY)]) is None
+    assert sends == [1, 1, 1]
     assert transport.stats()["round_trips"] == 3
+    assert store.stats()["fused_messages"] == 0
 
 
-class TestFusedTimeouts(TimeoutsContract):
-    """The end-to-end contract with store and transport sharing one prefix (fused)."""
+def test_a_fused_advance_enqueues_the_new_generation_and_removes_the_old(
+    pair: tuple[RedisTransport, RedisStore, FakeClock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transport, store, clock = pair
+    sends = _count_sends(monkeypatch, transport)
+    # The app's best-effort native cancel of the superseded message does nothing here: the
+    # schedule script alone must remove it.
+    cancelled: list[str] = []
+    monkeypatch.setattr(
+        transport, "cancel", lambda refs: cancelled.extend(r.message_id for r in refs)
+    )
+    fired: list[DueTimeout] = []
+    with Timeouts(transport, store, clock=clock) as timeouts:
+        timeouts.handler("k")(fired.append)
+        first = timeouts.schedule("k", "a", after=timedelta(seconds=60), payload="late")
+        later = timeouts.schedule("k", "a", after=timedelta(seconds=90), payload="later")
+        assert later.generation == 1  # extended: one write, the old message stays
+        assert list(_queued(transport)) == ["k:a:1"]
+        second = timeouts.schedule("k", "a", after=timedelta(seconds=5), payload="soon")
+        assert second.generation == 2 and second.due_at_ms < first.due_at_ms
+        queued = _queued(transport)
+        assert list(queued) == ["k:a:2"]  # generation 1's message is gone, not just stale
+        assert queued["k:a:2"] == (
+            second.due_at_ms,
+            TimeoutMessage("k", "a", 2, second.due_at_ms, "soon"),
+        )
+        assert sends == [] and cancelled == ["k:a:1"]
+        clock.advance(6)
+        _fire_all(timeouts, fired, 1)
+    assert [(d.key, d.generation, d.payload) for d in fired] == [("a", 2, "soon")]
 
-    @pytest.fixture
-    def shared_url(self, redis_url: str) -> str:
-        return f"{redis_url}?prefix=f{uuid.uuid4().hex[:10]}"
+
+def test_large_generations_and_far_due_times_make_a_message_the_model_decodes(
+    pair: tuple[RedisTransport, RedisStore, FakeClock],
+) -> None:
+    """The script prints the generation; cjson keeps 14 significant digits, so the highest
+    generation a record holds exactly is 10**14 - 1. A record one below it is continued."""
+    transport, store, clock = pair
+    due = 99_999_999_999_000 - DAY  # 14 digits, the last the store accepts with a day's retention
+    generation = 10**14 - 2
+    record = store._key("k", "big")
+    values = ["fired", generation, due, 1, "", 0, "", "", "", clock.now_ms(), due + DAY, "", ""]
+    store.conn.client.hset(record, K.F_VALUES, json.dumps(values))
+    store.conn.client.hset(record, K.F_PAYLOAD, "null")
+    outcome = store.schedule_and_send(
+        transport,
+        [
+            ScheduleRequest("k", "big", due, {"x": [1.5, "é"]}, DAY),
+            ScheduleRequest("k", "now", clock.now_ms(), None, DAY),
+        ],
+    )
+    assert outcome is not None
+    assert [(o.result, o.sent) for o in outcome] == [(ScheduleResult.CREATED, True)] * 2
+    assert outcome[0].timeout.generation == 10**14 - 1
+    queued = _queued(transport)
+    assert queued[f"k:big:{10**14 - 1}"] == (
+        due,
+        TimeoutMessage("k", "big", 10**14 - 1, due, {"x": [1.5, "é"]}),
+    )
+    now = clock.now_ms()
+    assert queued["k:now:1"] == (now, TimeoutMessage("k", "now", 1, now, None))
+    assert store.get("k", "big") == outcome[0].timeout
+
+
+def test_a_refused_or_extended_fused_schedule_enqueues_nothing(
+    pair: tuple[RedisTransport, RedisStore, FakeClock],
+) -> None:
+    transport, store, clock = pair
+    due = clock.now_ms() + 1000
+    created = store.schedule_and_send(transport, [ScheduleRequest("k", "r", due, None, DAY)])
+    assert created is not None and created[0].sent
+    again = store.schedule_and_send(transport, [ScheduleRequest("k", "r", due + 5, None, DAY)])
+    assert again is not None
+    assert (again[0].result, again[0].sent) == (ScheduleResult.EXTENDED, False)
+    assert list(_queued(transport)) == ["k:r:1"]
+    assert _queued(transport)["k:r:1"][0] == due  # the old message re-queues itself when due
+
+
+def test_a_re_sent_fused_schedule_after_a_lost_reply_leaves_one_message(
+    redis_server: RedisServer,
+) -> None:
+    proxy = DroppingProxy(redis_server.port)
+    url = f"redis://127.0.0.1:{proxy.port}/0?prefix=f{uuid.uuid4().hex[:10]}"
+    transport, store = open_transport(url, SYSTEM_CLOCK), open_store(url, SYSTEM_CLOCK)
+    sha = store.conn.script("store_schedule.lua").sha.encode()
+    try:
+        # The store's own answer: redis-py re-sends the call, which answers as the first did
+        # (created and sent; not extended, which would ask the app to send again).
+        due = SYSTEM_CLOCK.now_ms() + 3_600_000
+        proxy.arm(sha)
+        outcome = store.schedule_and_send(transport, [ScheduleRequest("k", "s", due, 7, DAY)])
+        assert proxy.dropped == 1  # Redis applied the first call; its reply never came
+        assert outcome is not None
+        assert [(o.result, o.sent, o.timeout.generation) for o in outcome] == [
+            (ScheduleResult.CREATED, True, 1)
+        ]
+        # The same through the application.
+        with Timeouts(transport, store) as timeouts:
+            proxy.arm(sha)
+            t = timeouts.schedule("k", "lost", after=timedelta(hours=1), payload=[1])
+            assert proxy.dropped == 2
+            assert (t.state, t.generation) == (TimeoutState.PENDING, 1)
+            assert store.get("k", "lost") == t
+        queued = _queued(transport)
+        assert queued == {
+            "k:s:1": (due, TimeoutMessage("k", "s", 1, due, 7)),
+            "k:lost:1": (t.due_at_ms, TimeoutMessage("k", "lost", 1, t.due_at_ms, [1])),
+        }
+    finally:
+        transport.close()
+        store.close()
+        proxy.close()
+
+
+class TestFusedTimeouts(FusedEnv, TimeoutsContract):
+    """The end-to-end contract with store and transport sharing one URL, through the fused
+    schedule (standalone; test_redis_contract.py runs it over TLS too)."""
 
     @pytest.fixture
     def make_store(self, shared_url: str) -> Callable[[Clock], RedisStore]:

@@ -1,71 +1,61 @@
-"""A store and a transport on one Redis: the schedule script enqueues the message itself.
+"""Fused schedule: when may a Redis store enqueue the message itself, and the message's bytes.
 
-When one process uses a ``RedisStore`` and a ``RedisTransport`` on the same server, database and
-prefix (``Timeouts("redis://h", "redis://h")``, the usual set-up), the message a schedule needs
-can be written by the schedule script: record and message then appear atomically, in one round
-trip, and the application's following ``send`` of exactly that message is answered from memory.
-This halves the round trips of a single ``schedule`` and is the only way to get it to one.
+``Store.schedule_and_send(transport, requests)`` (dtimeout/interfaces.py) is the explicit
+capability behind this: the application hands the store its transport, and a ``RedisStore``
+answers it only when that transport is a ``RedisTransport`` whose queue the schedule script can
+reach — same server(s), database, user and key prefix, and a single-shard due index. Then one
+script writes the record and the message (record and message appear together, one round trip
+per batch). In every other case the store answers None and the application does its usual
+``schedule`` then ``send``.
 
-The pair is confirmed only by watching: until the transport is asked to send exactly the
-messages the store's last schedule called for, nothing is fused. A Redis store used with another
-transport (SQS, say) therefore never writes into a Redis queue. Only single-shard queues fuse (a
-message's shard depends on its generation, which the script learns as it goes), i.e. standalone
-and sentinel with the default ``shards=1``; ``fuse=false`` in the URL turns it off.
+Why only one shard: a message's shard is a hash of its id, and the id carries the generation,
+which only the script learns; with several shards the script would need every shard's keys
+(and, on a cluster, they live in other slots than the record, so no script may touch both).
+Standalone and sentinel default to ``shards=1``; ``fuse=false`` on either URL turns it off.
+
+Pure functions only: no registry, no state shared between instances.
 """
 
 from __future__ import annotations
 
-import threading
-import weakref
-from typing import TYPE_CHECKING, Any
-
+from dtimeout.interfaces import ScheduleRequest
+from dtimeout.model import TimeoutMessage
 from dtimeout.providers.redis.settings import RedisSettings
 
-if TYPE_CHECKING:
-    from dtimeout.providers.redis.store import RedisStore
 
-_STORES: weakref.WeakValueDictionary[tuple[Any, ...], RedisStore] = weakref.WeakValueDictionary()
-_LOCK = threading.Lock()
-_MEMO_LIMIT = 200_000
-
-
-def pair_key(settings: RedisSettings) -> tuple[Any, ...] | None:
-    """What must be equal for two providers to share one script; None when fusion is off."""
-    if not settings.fuse or settings.cluster or settings.shards != 1:
-        return None
-    return (settings.scheme, settings.hosts, settings.db, settings.username, settings.prefix)
+def target(settings: RedisSettings) -> tuple[object, ...]:
+    """What names one queue: the server(s), database, user and key prefix."""
+    return (
+        settings.scheme,
+        settings.hosts,
+        settings.master,
+        settings.db,
+        settings.username,
+        settings.prefix,
+    )
 
 
-def register_store(store: RedisStore) -> None:
-    key = pair_key(store.settings)
-    if key is not None:
-        with _LOCK:
-            _STORES[key] = store
+def can_fuse(store: RedisSettings, transport: RedisSettings) -> bool:
+    """True when a schedule script of ``store`` may write the messages of ``transport``."""
+    return (
+        store.fuse
+        and transport.fuse
+        and not store.cluster
+        and transport.shards == 1
+        and target(store) == target(transport)
+    )
 
 
-def find_store(settings: RedisSettings) -> RedisStore | None:
-    key = pair_key(settings)
-    return _STORES.get(key) if key is not None else None
+def body_parts(request: ScheduleRequest) -> tuple[str, str, str]:
+    """The encoded message around its generation, so the script can finish it: ``head +
+    str(generation) + tail`` is byte for byte ``TimeoutMessage(...).encode()``; third, the
+    payload's JSON as it appears in the body (one encoding serves the record and the message).
 
-
-class Memo:
-    """Messages a fused schedule already enqueued, until the application sends them."""
-
-    def __init__(self) -> None:
-        self._bodies: dict[str, bytes] = {}
-        self._lock = threading.Lock()
-
-    def add(self, items: dict[str, bytes]) -> None:
-        with self._lock:
-            if len(self._bodies) > _MEMO_LIMIT:  # sends that never came: forget, never grow
-                self._bodies.clear()
-            self._bodies.update(items)
-
-    def take(self, message_id: str, body: bytes) -> bool:
-        """True (and forgotten) when exactly this message was enqueued already."""
-        with self._lock:
-            known = self._bodies.get(message_id)
-            if known is None or known != body:
-                return False
-            del self._bodies[message_id]
-            return True
+    The generation is the only number the script prints (``%.0f``, exact to 2**53); the due time
+    and the payload are printed here by Python's ``json``, exactly as the model prints them."""
+    body = TimeoutMessage(request.kind, request.key, 0, request.due_at_ms, request.payload)
+    text = body.encode().decode("utf-8")
+    # Keys come first and are JSON strings (quotes escaped), so the marker cannot occur earlier.
+    head, _, tail = text.partition('"generation":0,')
+    payload = tail[len(f'"due_at":{request.due_at_ms},"payload":') : -1]
+    return head + '"generation":', "," + tail, payload

@@ -11,8 +11,10 @@ Options: ``prefix`` (key prefix, default ``dtimeout``), ``shards`` (due-index sh
 on cluster, 1 elsewhere), ``socket_timeout``, ``connect_timeout``, ``health_check_interval``,
 ``retries`` (redis-py re-sends after a connection error; default 10, about 4 s of backoff in
 all, enough to ride out a restart unnoticed), ``poll_interval`` (longest idle poll of the
-transport), ``max_connections``, ``fuse`` (schedule enqueues the message itself when this
-process's store and transport share server and prefix; see ``fusion.py``).
+transport), ``max_connections``, ``fuse`` (default true: a store handed a Redis transport on
+the same server, database, user and prefix enqueues the messages in its schedule script,
+``RedisStore.schedule_and_send``; false on either URL keeps schedule and send apart; see
+``fusion.py``).
 TLS: ``ssl`` (for cluster and sentinel), ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
 ``ssl_cert_reqs`` (``required``/``optional``/``none``), ``ssl_check_hostname``.
 Sentinel: ``master``, ``sentinel_username``, ``sentinel_password``.

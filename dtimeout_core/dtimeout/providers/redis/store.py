@@ -14,6 +14,11 @@ send may have been lost after Redis applied it. Claims (owner token), completes 
 cancels (request id) are idempotent by the model's rules; schedule, release and abandon carry an
 operation id that the record remembers, so a re-send gets the first answer — a schedule that was
 CREATED is not answered EXTENDED (which would leave a PENDING record without a message).
+
+Fused schedule (``schedule_and_send``, see fusion.py): given the Redis transport of the same
+queue, the schedule script also enqueues each needed message, so record and message are one
+atomic write and one round trip. A re-send after a lost reply is answered from the remembered
+operation and enqueues nothing more: the first run's message is already there.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dtimeout.clock import Clock, is_fake
 from dtimeout.errors import ValidationError
@@ -34,6 +39,7 @@ from dtimeout.interfaces import (
     ScheduleOutcome,
     ScheduleRequest,
     Store,
+    Transport,
 )
 from dtimeout.model import (
     CancelResult,
@@ -41,17 +47,15 @@ from dtimeout.model import (
     ScheduleResult,
     SettleResult,
     Timeout,
-    TimeoutMessage,
     TimeoutState,
     encode_payload,
 )
 from dtimeout.providers.redis import fusion
 from dtimeout.providers.redis import keys as K
 from dtimeout.providers.redis.connection import RedisConnection, decode, optional
+from dtimeout.providers.redis.keys import ShardKeys
 from dtimeout.providers.redis.settings import RedisSettings
-
-if TYPE_CHECKING:
-    from dtimeout.providers.redis.transport import RedisTransport
+from dtimeout.providers.redis.transport import RedisTransport
 
 SCRIPTS = (
     "store_schedule.lua",
@@ -77,11 +81,7 @@ class RedisStore(Store):
         self.settings = settings
         self.prefix = settings.prefix
         self.conn = RedisConnection(settings, clock, "store", SCRIPTS, client)
-        # Fusion with this process's transport on the same queue (see fusion.py): ``partner``
-        # once confirmed; ``produced`` the ids the last unfused schedule needed sent.
-        self.partner: RedisTransport | None = None
-        self.produced: frozenset[str] = frozenset()
-        fusion.register_store(self)
+        self.fused = 0  # messages enqueued by schedule_and_send (for stats)
 
     def _key(self, kind: str, key: str) -> str:
         return K.record_key(self.prefix, kind, key)
@@ -89,6 +89,27 @@ class RedisStore(Store):
     # -- transitions -----------------------------------------------------------------------------
 
     def schedule(self, requests: Sequence[ScheduleRequest]) -> list[ScheduleOutcome]:
+        return self._schedule(requests, None)
+
+    def schedule_and_send(
+        self, transport: Transport, requests: Sequence[ScheduleRequest]
+    ) -> list[ScheduleOutcome] | None:
+        """Schedule and enqueue each needed message in the same script, when ``transport`` is a
+        Redis transport on this store's server, database, user and prefix with one shard (see
+        fusion.py); None otherwise, and the caller sends as usual.
+
+        Atomic per item: the record and its message are written together or not at all, so a
+        PENDING record never lacks its message. An ADVANCED item also removes the superseded
+        message (unless a consumer holds it; its claim then finds it stale)."""
+        if not isinstance(transport, RedisTransport) or not fusion.can_fuse(
+            self.settings, transport.settings
+        ):
+            return None
+        return self._schedule(requests, transport.shards[0])
+
+    def _schedule(
+        self, requests: Sequence[ScheduleRequest], queue: ShardKeys | None
+    ) -> list[ScheduleOutcome]:
         if not requests:
             return []
         for r in requests:
@@ -97,9 +118,8 @@ class RedisStore(Store):
                     f"timeout {r.kind}/{r.key}: due time plus retention is beyond what the Redis "
                     "store keeps exactly (the year 5138)"
                 )
-        partner = self.partner
         op = uuid.uuid4().hex[:16]
-        if partner is None:
+        if queue is None:
             replies = self.conn.batched(
                 "store_schedule.lua",
                 requests,
@@ -108,42 +128,23 @@ class RedisStore(Store):
                 [op, ""],
             )
         else:
-            queue = partner.shards[0]
-            parts = [_body_parts(r) for r in requests]
             replies = self.conn.batched(
                 "store_schedule.lua",
-                list(zip(requests, parts, strict=True)),
-                lambda rp: self._key(rp[0].kind, rp[0].key),
-                lambda rp: (
-                    rp[0].due_at_ms,
-                    rp[1][2],
-                    rp[0].retention_ms,
-                    f"{rp[0].kind}:{rp[0].key}:",
-                    rp[1][0],
-                    rp[1][1],
-                ),
+                requests,
+                lambda r: self._key(r.kind, r.key),
+                _fused_args,
                 [op, "1"],
-                extra_keys=[queue.due, queue.body],
+                extra_keys=[queue.due, queue.inflight, queue.body, queue.count],
             )
+            self.fused += sum(1 for reply in replies if reply[0] in _NEEDS_MESSAGE)
+        sent = queue is not None
         out: list[ScheduleOutcome] = []
         for request, reply in zip(requests, replies, strict=True):
             result = ScheduleResult(decode(reply[0]))
             payload = _UNSET if result is ScheduleResult.REFUSED else request.payload
             timeout = _record(request.kind, request.key, reply, payload)
             previous = optional(reply[14]) if result is ScheduleResult.ADVANCED else None
-            out.append(ScheduleOutcome(result, timeout, previous))
-        if partner is not None:
-            partner.memo.add(
-                {
-                    o.timeout.idempotency_key: f"{head}{o.timeout.generation}{tail}".encode()
-                    for o, (head, tail, _) in zip(out, parts, strict=True)
-                    if o.result.needs_message
-                }
-            )
-        else:
-            self.produced = frozenset(
-                o.timeout.idempotency_key for o in out if o.result.needs_message
-            )
+            out.append(ScheduleOutcome(result, timeout, previous, sent and result.needs_message))
         return out
 
     def attach_handles(self, items: Sequence[tuple[str, str, int, str]]) -> None:
@@ -329,7 +330,7 @@ class RedisStore(Store):
         self.conn.close()
 
     def stats(self) -> dict[str, int]:
-        return self.conn.stats()
+        return {**self.conn.stats(), "fused_messages": self.fused}
 
 
 class _Unset:
@@ -339,15 +340,19 @@ class _Unset:
 _UNSET: Any = _Unset()
 
 
-def _body_parts(request: ScheduleRequest) -> tuple[str, str, str]:
-    """The encoded message around its generation, so the script can finish it: ``head +
-    str(generation) + tail`` is byte for byte ``TimeoutMessage(...).encode()``; third, the
-    payload's JSON as it appears in the body (one encoding serves the record and the message)."""
-    body = TimeoutMessage(request.kind, request.key, 0, request.due_at_ms, request.payload)
-    text = body.encode().decode("utf-8")
-    head, _, tail = text.partition('"generation":0,')
-    payload = tail[len(f'"due_at":{request.due_at_ms},"payload":') : -1]
-    return head + '"generation":', "," + tail, payload
+def _fused_args(request: ScheduleRequest) -> tuple[int, str, int, str, str, str]:
+    head, tail, payload = fusion.body_parts(request)
+    return (
+        request.due_at_ms,
+        payload,
+        request.retention_ms,
+        f"{request.kind}:{request.key}:",
+        head,
+        tail,
+    )
+
+
+_NEEDS_MESSAGE = frozenset(r.value for r in ScheduleResult if r.needs_message)
 
 
 def _record(kind: str, key: str, reply: Sequence[Any], payload: Any) -> Timeout:

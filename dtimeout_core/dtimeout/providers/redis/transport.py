@@ -13,6 +13,10 @@ index is split into ``shards`` zsets with distinct hash tags (default 16 there, 
 message's shard is a stable hash of its id. A receive asks every shard in one pipeline for its
 fair share (the shard that gets the remainder rotates), then hands the unfilled part of the batch
 to the shards that had more. No shard is starved, and a batch never exceeds what was asked.
+
+Messages may also be written by a ``RedisStore`` on the same queue: its ``schedule_and_send``
+(fusion.py) enqueues them in the schedule script, exactly as ``send`` would, and the application
+then does not call ``send`` for them. This class knows nothing of it and keeps no state for it.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ from dtimeout.interfaces import (
     Transport,
     TransportCapabilities,
 )
-from dtimeout.providers.redis import fusion
 from dtimeout.providers.redis.connection import CHUNK, RedisConnection, decode
 from dtimeout.providers.redis.keys import ShardKeys, shard_of
 from dtimeout.providers.redis.settings import RedisSettings
@@ -69,8 +72,6 @@ class RedisTransport(Transport):
         self.conn = RedisConnection(settings, clock, "transport", SCRIPTS, client)
         self._cursor = 0
         self.polls = 0
-        self.memo = fusion.Memo()  # messages a fused store already enqueued
-        self.skipped = 0
 
     def _shard(self, message_id: str) -> ShardKeys:
         return self.shards[shard_of(message_id, len(self.shards))]
@@ -78,24 +79,8 @@ class RedisTransport(Transport):
     # -- sending ---------------------------------------------------------------------------------
 
     def send(self, messages: Sequence[OutgoingMessage]) -> list[str | None]:
-        store = fusion.find_store(self.settings)
-        if store is not None and store.clock is self.clock:
-            if store.partner is self:
-                todo = [m for m in messages if not self.memo.take(m.message_id, m.body)]
-                self.skipped += len(messages) - len(todo)
-                messages_to_send: Sequence[OutgoingMessage] = todo
-            else:
-                messages_to_send = messages
-                if (
-                    store.partner is None
-                    and store.produced
-                    and ({m.message_id for m in messages} <= store.produced)
-                ):
-                    store.partner = self  # the app sends what that store schedules: fuse
-        else:
-            messages_to_send = messages
         by_shard: dict[int, list[OutgoingMessage]] = {}
-        for m in messages_to_send:
+        for m in messages:
             by_shard.setdefault(self._shard(m.message_id).index, []).append(m)
         calls: list[_Call] = []
         for index, group in by_shard.items():
@@ -256,4 +241,4 @@ class RedisTransport(Transport):
         self.conn.close()
 
     def stats(self) -> dict[str, int]:
-        return {**self.conn.stats(), "polls": self.polls, "fused_sends": self.skipped}
+        return {**self.conn.stats(), "polls": self.polls}

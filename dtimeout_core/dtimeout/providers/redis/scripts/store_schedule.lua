@@ -1,24 +1,28 @@
 -- store_schedule.lua: decide_schedule (dtimeout/model.py) for each item.
--- KEYS[i]  the record of item i (P:t:{KIND:KEY})
+-- KEYS[i]  the record of item i (P:t:{KIND:KEY}), i = 1..n
 -- ARGV[1]  now ms, or '' to use the server's TIME
 -- ARGV[2]  JSON array, item i = [due ms, payload JSON text, retention ms] and, when fused,
 --          [.., message id prefix 'KIND:KEY:', body head, body tail]
 -- ARGV[3]  id of this call; item i is operation ARGV[3]..'.'..i (a re-send answers as before)
--- ARGV[4]  '1' when fused (fusion.py): KEYS[n+1], KEYS[n+2] are the queue's due zset and body
---          hash, and every answer that needs a message enqueues it here, in the same script:
---          id PREFIX..generation, body HEAD..generation..TAIL, due at the record's due time
+-- ARGV[4]  '1' when fused (RedisStore.schedule_and_send, fusion.py): KEYS[n+1..n+4] are the
+--          queue shard's due zset, inflight zset, body hash and count hash, and every answer
+--          that needs a message enqueues it here, as queue_send.lua would: id PREFIX..generation,
+--          body HEAD..generation..TAIL, due at the record's due time. An advanced item also
+--          removes the superseded generation's message, as queue_cancel.lua would. A re-sent
+--          call (same operation) enqueues nothing: its first run did.
 -- Returns one JSON array (a single bulk reply parses far faster than nested ones):
 -- one reply (see _record.lua) per item; answers created|advanced|extended|refused.
 
+-- The reply, and whether this call changed anything (false when it re-answers a re-send).
 local function schedule(key, due, payload, retention, op)
   local cur = load(key)
   if cur and cur.q == op then
-    return reply(cur.qr, cur, false)
+    return reply(cur.qr, cur, false), false
   end
   local exp = math.max(due, NOW) + retention
   if cur and cur.s == 'firing' then
     cur.p = redis.call('HGET', key, 'p')
-    return reply('refused', cur, true)
+    return reply('refused', cur, true), false
   end
   if cur and cur.s == 'pending' then
     cur.p = payload
@@ -30,7 +34,7 @@ local function schedule(key, due, payload, retention, op)
       cur.d = due
       cur.qr = 'extended'
       save(key, cur, true)
-      return reply('extended', cur, false)
+      return reply('extended', cur, false), true
     end
     -- earlier: a new generation and a new message; the old one goes stale
     local previous = cur.h
@@ -43,26 +47,38 @@ local function schedule(key, due, payload, retention, op)
     cur.h = false
     cur.qr = 'advanced'
     save(key, cur, true)
-    return reply('advanced', cur, false, previous)
+    return reply('advanced', cur, false, previous), true
   end
   local rec = {s = 'pending', g = (cur and cur.g or 0) + 1, d = due, a = 0, l = 0, u = NOW,
     e = exp, p = payload, q = op, qr = 'created'}
   save(key, rec, true)
-  return reply('created', rec, false)
+  return reply('created', rec, false), true
 end
 
 local items = cjson.decode(ARGV[2])
+local n = #items
 local fused = ARGV[4] == '1'
+local due_key, inflight, bodies, counts = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3], KEYS[n + 4]
 local out = {}
-for i = 1, #items do
+for i = 1, n do
   local it = items[i]
-  local answer = schedule(KEYS[i], it[1], it[2], it[3], ARGV[3] .. '.' .. i)
+  local answer, changed = schedule(KEYS[i], it[1], it[2], it[3], ARGV[3] .. '.' .. i)
   out[i] = answer
-  if fused and (answer[1] == 'created' or answer[1] == 'advanced') then
-    local gen = I(answer[3])
-    local id = it[4] .. gen
-    redis.call('HSET', KEYS[#items + 2], id, it[5] .. gen .. it[6])
-    redis.call('ZADD', KEYS[#items + 1], I(answer[4]), id)
+  local result = answer[1]
+  if fused and changed and (result == 'created' or result == 'advanced') then
+    local gen = answer[3]
+    local id = it[4] .. I(gen)
+    redis.call('HSET', bodies, id, it[5] .. I(gen) .. it[6])
+    if not redis.call('ZSCORE', inflight, id) then
+      redis.call('ZADD', due_key, I(answer[4]), id)
+    end
+    if result == 'advanced' then
+      local old = it[4] .. I(gen - 1)
+      if redis.call('ZREM', due_key, old) == 1 then
+        redis.call('HDEL', bodies, old)
+        redis.call('HDEL', counts, old)
+      end
+    end
   end
 end
 return cjson.encode(out)

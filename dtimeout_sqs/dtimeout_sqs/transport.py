@@ -25,10 +25,8 @@ How each :class:`~dtimeout.interfaces.Transport` operation maps onto SQS, and wh
   attribute, then deleted; with no DLQ at all, logged at ERROR and deleted (a poison message
   must not circle forever).
 
-botocore's retry mode is set explicitly to ``standard`` with ``attempts`` total attempts (1 by
-default): dtimeout's consumer and ``schedule`` already retry transient errors with backoff, and
-two stacked retry layers would multiply attempts. Every HTTP request is counted through the
-client's ``before-send`` event and reported by :meth:`SqsTransport.stats`.
+Retries: see ``dtimeout_sqs.client``. Every HTTP request is counted through the client's
+``before-send`` event and reported by :meth:`SqsTransport.stats`.
 """
 
 from __future__ import annotations
@@ -49,6 +47,7 @@ from dtimeout.errors import ConfigurationError, DtimeoutError, TransientTranspor
 from dtimeout.errors import TransportError as _TransportError
 from dtimeout.interfaces import Delivery, OutgoingMessage, Transport, TransportCapabilities
 from dtimeout_sqs import wire
+from dtimeout_sqs.client import make_client
 from dtimeout_sqs.errors import SqsMessageTooLargeError, translate
 from dtimeout_sqs.settings import MAX_NATIVE_DELAY_SECONDS, MAX_WAIT_SECONDS, SqsSettings
 
@@ -60,26 +59,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SEND_ROUNDS = 3  # SendMessageBatch / DeleteMessageBatch rounds for entries that failed
-READ_TIMEOUT_SECONDS = 30  # > the longest long poll (20 s)
-
-
-def make_client(settings: SqsSettings) -> SQSClient:
-    """A boto3 SQS client from the standard credential chain, with explicit retry settings."""
-    import boto3
-    from botocore.config import Config
-
-    config = Config(
-        retries={"mode": "standard", "total_max_attempts": settings.attempts},
-        connect_timeout=5,
-        read_timeout=READ_TIMEOUT_SECONDS,
-        max_pool_connections=32,
-        user_agent_extra="dtimeout",
-    )
-    try:
-        session = boto3.session.Session(profile_name=settings.profile, region_name=settings.region)
-        return session.client("sqs", endpoint_url=settings.endpoint_url, config=config)
-    except (BotoCoreError, ClientError) as exc:
-        raise translate(exc, operation="client setup", queue=settings.display_name) from exc
 
 
 class SqsTransport(Transport):
@@ -199,17 +178,8 @@ class SqsTransport(Transport):
         now = self.clock.now_ms()
         entries: list[wire.Entry] = []
         refused: list[wire.Entry] = []
-        for index, message in enumerate(messages):
-            body, is_b64 = wire.encode_body(message.body)
-            attrs = wire.our_attributes(message.message_id, message.due_at_ms, is_b64)
-            entry = wire.Entry(
-                entry_id=f"m{index}",
-                message_id=message.message_id,
-                body=body,
-                attributes=attrs,
-                delay=wire.delay_seconds(message.due_at_ms, now, self._delay_cap),
-                size=wire.message_size(body, attrs),
-            )
+        for index, m in enumerate(messages):
+            entry = self._entry(f"m{index}", m.message_id, m.body, m.due_at_ms, now)
             (refused if entry.size > self.max_message_bytes else entries).append(entry)
         self._send_entries(self.queue_url, entries, raise_failures=True)
         if refused:
@@ -221,6 +191,14 @@ class SqsTransport(Transport):
                 [e.message_id for e in refused],
             )
         return [None] * len(messages)
+
+    def _entry(
+        self, entry_id: str, message_id: str, body: bytes, due_at_ms: int, now: int
+    ) -> wire.Entry:
+        text, is_b64 = wire.encode_body(body)
+        attrs = wire.our_attributes(message_id, due_at_ms, is_b64)
+        delay = wire.delay_seconds(due_at_ms, now, self._delay_cap)
+        return wire.Entry(entry_id, message_id, text, attrs, delay, wire.message_size(text, attrs))
 
     def _send_entries(
         self, queue_url: str, entries: Sequence[wire.Entry], *, raise_failures: bool
@@ -427,16 +405,7 @@ class SqsTransport(Transport):
         """A fresh copy due at ``due_at_ms`` (receive count starts over), then the original
         deleted. A crash between the two leaves a duplicate, which the store drops."""
         now = self.clock.now_ms()
-        text, is_b64 = wire.encode_body(delivery.body)
-        attrs = wire.our_attributes(delivery.message_id, due_at_ms, is_b64)
-        entry = wire.Entry(
-            entry_id="r0",
-            message_id=delivery.message_id,
-            body=text,
-            attributes=attrs,
-            delay=wire.delay_seconds(due_at_ms, now, self._delay_cap),
-            size=wire.message_size(text, attrs),
-        )
+        entry = self._entry("r0", delivery.message_id, delivery.body, due_at_ms, now)
         self._send_entries(self.queue_url, [entry], raise_failures=True)
         self._delete([("r0", str(delivery.receipt))])
 

@@ -17,8 +17,9 @@ from sqs_support import REGION
 from dtimeout.clock import SYSTEM_CLOCK
 from dtimeout.errors import ConfigurationError, DtimeoutError, TransientTransportError
 from dtimeout.errors import TransportError as DtTransportError
+from dtimeout_sqs.client import make_client
 from dtimeout_sqs.settings import parse_url
-from dtimeout_sqs.transport import SqsTransport, make_client
+from dtimeout_sqs.transport import SqsTransport
 
 pytestmark = pytest.mark.usefixtures("fake_aws")
 

@@ -60,8 +60,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[DueTimeout], Any]
 H = TypeVar("H", bound=Handler)
 
-# Generation digits and JSON framing can grow a little between the size check and the send.
-_SIZE_SLACK = 32
+# Generations are counters; 15 digits is more than any identity will see.
+_MAX_GENERATION = 999_999_999_999_999
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +257,7 @@ class Timeouts:
                 if outcome.result is ScheduleResult.REFUSED:
                     t = outcome.timeout
                     results[index] = InvalidTransitionError(
-                        f"timeout {t.kind}/{t.key} is firing right now; "
+                        f"timeout {t.kind}:{t.key} is firing right now; "
                         "schedule it again after it finishes"
                     )
                 else:
@@ -286,12 +286,13 @@ class Timeouts:
         validate_identity(item.kind, item.key)
         due = _due_at_ms(item.after, item.at, now_ms)
         payload_json = encode_payload(item.payload)  # refuses what JSON cannot carry
-        size = len(message_body(item.kind, item.key, 1, due, payload_json))
+        # Sized with the widest generation the record may reach: an honest upper bound.
+        size = len(message_body(item.kind, item.key, _MAX_GENERATION, due, payload_json))
         limit = self.transport.capabilities.max_message_bytes
-        if size + _SIZE_SLACK > limit:
+        if size > limit:
             raise PayloadTooLargeError(
-                f"timeout {item.kind}/{item.key}: message of {size} bytes exceeds the "
-                f"transport's limit of {limit - _SIZE_SLACK} bytes"
+                f"timeout {item.kind}:{item.key}: its message would be {size} bytes, over the "
+                f"transport's limit of {limit} bytes"
             )
         return ScheduleRequest(item.kind, item.key, due, item.payload, self.retention_ms), (
             payload_json

@@ -4,7 +4,9 @@ Only transient failures are retried: a ``ProviderError`` with ``transient=True``
 translate their SDK's connection resets, timeouts and throttling into those) or an exception of a
 type the provider listed in ``ProviderInfo.transient_errors``. Waits grow exponentially with
 jitter and are bounded in count and in total time; when retries give up, the original exception
-is raised as it was (``reraise=True``), so the caller sees the real cause.
+is raised as it was (``reraise=True``), so the caller sees the real cause. Each retry is logged
+at INFO; what outlasts the policy is the caller's to report (the consumer logs an error and
+backs off; a CLI command prints one line).
 
 SDK-level retries (redis-py ``Retry``, botocore's retry mode, the Azure SDK's ``retry_total``) sit
 below this and handle the short blips; this policy covers the longer outages. Providers keep their
@@ -61,11 +63,11 @@ class RetryPolicy:
         except Exception as exc:
             if self.attempts <= 1 or not self.is_transient(exc):
                 raise
-            log.warning("%s failed (attempt 1), retrying: %s", what, exc)
+            log.info("%s failed (attempt 1), retrying: %s", what, exc)
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            log.warning("%s failed (attempt %d), retrying: %s", what, state.attempt_number + 1, exc)
+            log.info("%s failed (attempt %d), retrying: %s", what, state.attempt_number + 1, exc)
 
         retrying = Retrying(
             retry=retry_if_exception(self.is_transient),

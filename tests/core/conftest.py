@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from dtimeout.app import Timeouts
 from dtimeout.clock import FakeClock
 from dtimeout.providers.memory import MemoryStore, MemoryTransport

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+
 from dtimeout import BatchScheduleError, ScheduleItem, Timeouts, hookimpl
 from dtimeout.clock import FakeClock
 from dtimeout.errors import (
@@ -180,6 +181,7 @@ def test_one_handler_per_kind(clock: FakeClock) -> None:
 
 def test_lifecycle_events_reach_observers(clock: FakeClock) -> None:
     import pluggy
+
     from dtimeout import hookspecs
 
     events: list[tuple[str, Any]] = []
@@ -235,6 +237,7 @@ def test_lifecycle_events_reach_observers(clock: FakeClock) -> None:
 
 def test_observer_exceptions_never_change_outcomes(clock: FakeClock) -> None:
     import pluggy
+
     from dtimeout import hookspecs
 
     class Broken:
@@ -266,18 +269,18 @@ def test_handlers_run_concurrently(clock: FakeClock) -> None:
 
 
 def test_heartbeat_keeps_a_long_handler_leased() -> None:
-    """Real time: a 1 s lease and a 2.5 s handler; the heartbeat renews store and transport
+    """Real time: a 1.5 s lease and a 3 s handler; the heartbeat renews store and transport
     leases, so no other consumer gets the message and the handler runs once."""
     from dtimeout.clock import SYSTEM_CLOCK
 
     transport, store = MemoryTransport(SYSTEM_CLOCK), MemoryStore(SYSTEM_CLOCK)
-    t = Timeouts(transport, store, lease=timedelta(seconds=1), retry=FAST_RETRY)
+    t = Timeouts(transport, store, lease=timedelta(seconds=1.5), retry=FAST_RETRY)
     runs: list[int] = []
 
     @t.handler("payment")
     def slow(d: DueTimeout) -> None:
         runs.append(d.attempt)
-        time.sleep(2.5)
+        time.sleep(3.0)  # two leases long; heartbeats every 0.5 s keep it
 
     t.schedule("payment", "long", after=0)
     first = t.consumer(concurrency=2, wait_seconds=0.05)

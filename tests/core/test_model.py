@@ -6,6 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from dtimeout.errors import MalformedMessageError
 from dtimeout.model import (
     CancelResult,
@@ -24,8 +27,6 @@ from dtimeout.model import (
     expiry,
     transition_allowed,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 RET = 1_000_000
 

@@ -27,6 +27,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM this server when the process that started
+    it dies, so a test run that is killed (Ctrl-C twice, a CI timeout) leaves no server behind.
+    Start servers from the main thread: the signal follows the thread that forked."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux/glibc: the fixtures' finalizers still stop it
+        pass
+
+
 LOOPBACK = "127.0.0.1"
 _START_TIMEOUT = 20.0
 _CREATE_OPTIONS = ("--cluster-replicas", "0", "--cluster-yes")
@@ -249,6 +262,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: kill() takes all of it
+            preexec_fn=_die_with_parent,
         )
         self.wait_ready(timeout)
         return self
@@ -395,6 +409,7 @@ class RedisSentinelServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         import redis
 

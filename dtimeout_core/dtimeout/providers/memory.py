@@ -14,48 +14,48 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from dtimeout.clock import Clock
 from dtimeout.errors import ConfigurationError
 from dtimeout.hookspecs import hookimpl
 from dtimeout.interfaces import (
-    CancelOutcome,
     CancelRef,
-    CancelRequest,
-    ClaimOutcome,
-    ClaimRequest,
     Delivery,
-    LeaseRef,
     OutgoingMessage,
     ProviderInfo,
-    ScheduleOutcome,
-    ScheduleRequest,
-    Store,
     Transport,
     TransportCapabilities,
 )
-from dtimeout.model import (
-    ScheduleResult,
-    SettleResult,
-    Timeout,
-    TimeoutState,
-    decide_abandon,
-    decide_attach_handle,
-    decide_cancel,
-    decide_claim,
-    decide_complete,
-    decide_release,
-    decide_renew,
-    decide_schedule,
-)
+from dtimeout.model import Timeout, TimeoutState
+from dtimeout.providers.records import RecordStore, RecordTransaction
 
+T = TypeVar("T")
 _Key = tuple[str, str]
 
 
-class MemoryStore(Store):
-    """Records in a dict behind one lock; every transition is a ``decide_*`` call under it."""
+class _MemoryTransaction:
+    """The dict seen under the store's lock; expired records read as absent."""
+
+    def __init__(self, records: dict[_Key, Timeout], now_ms: int) -> None:
+        self.records = records
+        self.now_ms = now_ms
+
+    def get(self, kind: str, key: str) -> Timeout | None:
+        record = self.records.get((kind, key))
+        if record is not None and record.expires_ms and record.expires_ms <= self.now_ms:
+            del self.records[(kind, key)]
+            return None
+        return record
+
+    def put(self, record: Timeout | None) -> None:
+        if record is not None:
+            self.records[record.identity] = record
+
+
+class MemoryStore(RecordStore):
+    """Records in a dict; one lock makes each call one transaction."""
 
     name = "memory"
 
@@ -64,161 +64,14 @@ class MemoryStore(Store):
         self._records: dict[_Key, Timeout] = {}
         self._lock = threading.Lock()
 
-    def _current(self, key: _Key, now_ms: int) -> Timeout | None:
-        record = self._records.get(key)
-        if record is not None and record.expires_ms and record.expires_ms <= now_ms:
-            del self._records[key]
-            return None
-        return record
-
-    def _apply(self, key: _Key, new: Timeout | None) -> None:
-        if new is not None:
-            self._records[key] = new
-
-    def schedule(self, requests: Sequence[ScheduleRequest]) -> list[ScheduleOutcome]:
-        out: list[ScheduleOutcome] = []
+    def transaction(
+        self, op: str, idents: Sequence[tuple[str, str]], work: Callable[[RecordTransaction], T]
+    ) -> T:
         with self._lock:
-            now = self.clock.now_ms()
-            for r in requests:
-                key = (r.kind, r.key)
-                current = self._current(key, now)
-                new, result = decide_schedule(
-                    current,
-                    kind=r.kind,
-                    key=r.key,
-                    due_at_ms=r.due_at_ms,
-                    payload=r.payload,
-                    now_ms=now,
-                    retention_ms=r.retention_ms,
-                )
-                if result is not ScheduleResult.REFUSED:
-                    self._apply(key, new)
-                previous = current.handle if current and result is ScheduleResult.ADVANCED else None
-                out.append(ScheduleOutcome(result, new, previous))
-        return out
-
-    def attach_handles(self, items: Sequence[tuple[str, str, int, str]]) -> None:
-        with self._lock:
-            now = self.clock.now_ms()
-            for kind, key, generation, handle in items:
-                current = self._current((kind, key), now)
-                self._apply(
-                    (kind, key), decide_attach_handle(current, generation=generation, handle=handle)
-                )
-
-    def cancel(self, requests: Sequence[CancelRequest]) -> list[CancelOutcome]:
-        out: list[CancelOutcome] = []
-        with self._lock:
-            now = self.clock.now_ms()
-            for r in requests:
-                current = self._current((r.kind, r.key), now)
-                new, result = decide_cancel(current, request_id=r.request_id, now_ms=now)
-                self._apply((r.kind, r.key), new)
-                out.append(
-                    CancelOutcome(
-                        result,
-                        current.generation if current else None,
-                        current.handle if current else None,
-                    )
-                )
-        return out
-
-    def claim(self, requests: Sequence[ClaimRequest]) -> list[ClaimOutcome]:
-        out: list[ClaimOutcome] = []
-        with self._lock:
-            now = self.clock.now_ms()
-            for r in requests:
-                key = (r.message.kind, r.message.key)
-                current = self._current(key, now)
-                new, result = decide_claim(
-                    current,
-                    message=r.message,
-                    owner=r.owner,
-                    lease_ms=r.lease_ms,
-                    max_attempts=r.max_attempts,
-                    orphan_policy=r.orphan_policy,
-                    now_ms=now,
-                    retention_ms=r.retention_ms,
-                )
-                self._apply(key, new)
-                out.append(ClaimOutcome(result, new if new is not None else current))
-        return out
-
-    def renew(self, leases: Sequence[LeaseRef], lease_ms: int) -> list[bool]:
-        return self._each(
-            leases,
-            lambda cur, lease, now: decide_renew(
-                cur, generation=lease.generation, owner=lease.owner, lease_ms=lease_ms, now_ms=now
-            ),
-        )
-
-    def complete(self, leases: Sequence[LeaseRef]) -> list[SettleResult]:
-        return self._each(
-            leases,
-            lambda cur, lease, now: decide_complete(
-                cur, generation=lease.generation, owner=lease.owner, now_ms=now
-            ),
-        )
-
-    def _each(
-        self,
-        leases: Sequence[LeaseRef],
-        decide: Callable[[Timeout | None, LeaseRef, int], tuple[Timeout | None, Any]],
-    ) -> list[Any]:
-        out: list[Any] = []
-        with self._lock:
-            now = self.clock.now_ms()
-            for lease in leases:
-                key = (lease.kind, lease.key)
-                new, answer = decide(self._current(key, now), lease, now)
-                self._apply(key, new)
-                out.append(answer)
-        return out
-
-    def release(
-        self,
-        lease: LeaseRef,
-        *,
-        backoff_ms: int,
-        max_attempts: int,
-        error: str,
-        retention_ms: int,
-    ) -> tuple[SettleResult, Timeout | None]:
-        with self._lock:
-            now = self.clock.now_ms()
-            key = (lease.kind, lease.key)
-            current = self._current(key, now)
-            new, result = decide_release(
-                current,
-                generation=lease.generation,
-                owner=lease.owner,
-                backoff_ms=backoff_ms,
-                max_attempts=max_attempts,
-                error=error,
-                now_ms=now,
-                retention_ms=retention_ms,
-            )
-            self._apply(key, new)
-            return result, new if new is not None else current
-
-    def abandon(
-        self, kind: str, key: str, generation: int, state: TimeoutState, reason: str
-    ) -> SettleResult:
-        with self._lock:
-            now = self.clock.now_ms()
-            new, result = decide_abandon(
-                self._current((kind, key), now),
-                generation=generation,
-                state=state,
-                reason=reason,
-                now_ms=now,
-            )
-            self._apply((kind, key), new)
-            return result
+            return work(_MemoryTransaction(self._records, self.clock.now_ms()))
 
     def get(self, kind: str, key: str) -> Timeout | None:
-        with self._lock:
-            return self._current((kind, key), self.clock.now_ms())
+        return self.transaction("get", [(kind, key)], lambda tx: tx.get(kind, key))
 
     def list(
         self, *, state: TimeoutState | None = None, kind: str | None = None, limit: int = 100

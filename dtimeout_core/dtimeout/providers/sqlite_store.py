@@ -1,8 +1,9 @@
 """The ``sqlite`` store: timeout records in one table of the shared SQLite file.
 
-Every call is one ``BEGIN IMMEDIATE`` transaction that reads the rows it needs, asks the pure
-``dtimeout.model.decide_*`` function what to do, and writes the answer — so the rules live in
-the model alone and a write can never interleave with another process's read of the same row.
+Every call is one ``BEGIN IMMEDIATE`` transaction (``transaction`` below) in which the shared
+``RecordStore`` reads the rows it needs, asks the pure ``dtimeout.model.decide_*`` function what
+to do, and writes the answer — so the rules live in the model alone and a write can never
+interleave with another process's read of the same row.
 A batch is one transaction too: each item still follows the rules in order (a batch that names
 one identity twice sees its own first write), and the whole batch commits or rolls back
 together, which is both much faster and safer (a caller retrying a failed batch never finds
@@ -21,38 +22,17 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from dtimeout.clock import Clock
 from dtimeout.errors import ProviderError, StoreError, TransientStoreError
-from dtimeout.interfaces import (
-    CancelOutcome,
-    CancelRequest,
-    ClaimOutcome,
-    ClaimRequest,
-    LeaseRef,
-    ScheduleOutcome,
-    ScheduleRequest,
-    Store,
-)
-from dtimeout.model import (
-    ScheduleResult,
-    SettleResult,
-    Timeout,
-    TimeoutState,
-    decide_abandon,
-    decide_attach_handle,
-    decide_cancel,
-    decide_claim,
-    decide_complete,
-    decide_release,
-    decide_renew,
-    decide_schedule,
-    encode_payload,
-)
+from dtimeout.model import Timeout, TimeoutState, encode_payload
+from dtimeout.providers.records import RecordStore, RecordTransaction
 from dtimeout.providers.sqlite_db import SqliteDatabase, SqliteSettings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 TABLE = "dtimeout_timeouts"
 _COLUMNS = (
@@ -200,7 +180,7 @@ class _Batch:
             self.conn.executemany(_UPSERT, [_to_row(t) for t in self._dirty.values()])
 
 
-class SqliteStore(Store):
+class SqliteStore(RecordStore):
     """Timeout records in ``dtimeout_timeouts`` of an SQLite file (see the module docstring)."""
 
     name = "sqlite"
@@ -225,194 +205,22 @@ class SqliteStore(Store):
         store.db.connection()  # open now, so a bad path fails at start-up, not mid-run
         return store
 
-    def _batch(
-        self,
-        op: str,
-        fn: Callable[[_Batch], list[Any]],
-        idents: Sequence[tuple[str, str]] = (),
-    ) -> list[Any]:
-        def run(conn: sqlite3.Connection) -> list[Any]:
+    def transaction(
+        self, op: str, idents: Sequence[tuple[str, str]], work: Callable[[RecordTransaction], T]
+    ) -> T:
+        def run(conn: sqlite3.Connection) -> T:
             batch = _Batch(conn, self.clock.now_ms())
             if len(idents) > 1:
                 batch.prefetch(idents)
-            answers = fn(batch)
+            answer = work(batch)
             batch.flush()
-            return answers
+            return answer
 
-        return self.db.write(op, run)
+        result: T = self.db.write(op, run)
+        return result
 
-    # -- transitions ---------------------------------------------------------------------------
-
-    def schedule(self, requests: Sequence[ScheduleRequest]) -> list[ScheduleOutcome]:
-        if not requests:
-            return []
-
-        def each(b: _Batch) -> list[ScheduleOutcome]:
-            out = []
-            for r in requests:
-                current = b.get(r.kind, r.key)
-                record, result = decide_schedule(
-                    current,
-                    kind=r.kind,
-                    key=r.key,
-                    due_at_ms=r.due_at_ms,
-                    payload=r.payload,
-                    now_ms=b.now_ms,
-                    retention_ms=r.retention_ms,
-                )
-                previous = None
-                if result is not ScheduleResult.REFUSED:
-                    b.put(record)
-                    if result is ScheduleResult.ADVANCED and current is not None:
-                        previous = current.handle
-                out.append(ScheduleOutcome(result, record, previous_handle=previous))
-            return out
-
-        outcomes: list[ScheduleOutcome] = self._batch(
-            "schedule", each, [(r.kind, r.key) for r in requests]
-        )
+    def after_write(self, op: str) -> None:
         self._maybe_purge()
-        return outcomes
-
-    def attach_handles(self, items: Sequence[tuple[str, str, int, str]]) -> None:
-        if not items:
-            return
-
-        def each(b: _Batch) -> list[None]:
-            for kind, key, generation, handle in items:
-                b.put(decide_attach_handle(b.get(kind, key), generation=generation, handle=handle))
-            return []
-
-        self._batch("attach_handles", each, [(i[0], i[1]) for i in items])
-
-    def cancel(self, requests: Sequence[CancelRequest]) -> list[CancelOutcome]:
-        if not requests:
-            return []
-
-        def each(b: _Batch) -> list[CancelOutcome]:
-            out = []
-            for r in requests:
-                current = b.get(r.kind, r.key)
-                record, result = decide_cancel(current, request_id=r.request_id, now_ms=b.now_ms)
-                b.put(record)
-                after = record or current
-                out.append(
-                    CancelOutcome(
-                        result,
-                        generation=None if after is None else after.generation,
-                        handle=None if after is None else after.handle,
-                    )
-                )
-            return out
-
-        return self._batch("cancel", each, [(r.kind, r.key) for r in requests])
-
-    def claim(self, requests: Sequence[ClaimRequest]) -> list[ClaimOutcome]:
-        if not requests:
-            return []
-
-        def each(b: _Batch) -> list[ClaimOutcome]:
-            out = []
-            for r in requests:
-                current = b.get(r.message.kind, r.message.key)
-                record, result = decide_claim(
-                    current,
-                    message=r.message,
-                    owner=r.owner,
-                    lease_ms=r.lease_ms,
-                    max_attempts=r.max_attempts,
-                    orphan_policy=r.orphan_policy,
-                    now_ms=b.now_ms,
-                    retention_ms=r.retention_ms,
-                )
-                b.put(record)
-                out.append(ClaimOutcome(result, record or current))
-            return out
-
-        outcomes: list[ClaimOutcome] = self._batch(
-            "claim", each, [(r.message.kind, r.message.key) for r in requests]
-        )
-        self._maybe_purge()
-        return outcomes
-
-    def renew(self, leases: Sequence[LeaseRef], lease_ms: int) -> list[bool]:
-        if not leases:
-            return []
-
-        def each(b: _Batch) -> list[bool]:
-            out = []
-            for lease in leases:
-                record, held = decide_renew(
-                    b.get(lease.kind, lease.key),
-                    generation=lease.generation,
-                    owner=lease.owner,
-                    lease_ms=lease_ms,
-                    now_ms=b.now_ms,
-                )
-                b.put(record)
-                out.append(held)
-            return out
-
-        return self._batch("renew", each, [(x.kind, x.key) for x in leases])
-
-    def complete(self, leases: Sequence[LeaseRef]) -> list[SettleResult]:
-        if not leases:
-            return []
-
-        def each(b: _Batch) -> list[SettleResult]:
-            out = []
-            for lease in leases:
-                record, result = decide_complete(
-                    b.get(lease.kind, lease.key),
-                    generation=lease.generation,
-                    owner=lease.owner,
-                    now_ms=b.now_ms,
-                )
-                b.put(record)
-                out.append(result)
-            return out
-
-        return self._batch("complete", each, [(x.kind, x.key) for x in leases])
-
-    def release(
-        self,
-        lease: LeaseRef,
-        *,
-        backoff_ms: int,
-        max_attempts: int,
-        error: str,
-        retention_ms: int,
-    ) -> tuple[SettleResult, Timeout | None]:
-        def one(b: _Batch) -> list[tuple[SettleResult, Timeout | None]]:
-            current = b.get(lease.kind, lease.key)
-            record, result = decide_release(
-                current,
-                generation=lease.generation,
-                owner=lease.owner,
-                backoff_ms=backoff_ms,
-                max_attempts=max_attempts,
-                error=error,
-                now_ms=b.now_ms,
-                retention_ms=retention_ms,
-            )
-            b.put(record)
-            return [(result, record or current)]
-
-        answer: tuple[SettleResult, Timeout | None] = self._batch("release", one)[0]
-        return answer
-
-    def abandon(
-        self, kind: str, key: str, generation: int, state: TimeoutState, reason: str
-    ) -> SettleResult:
-        def one(b: _Batch) -> list[SettleResult]:
-            record, result = decide_abandon(
-                b.get(kind, key), generation=generation, state=state, reason=reason, now_ms=b.now_ms
-            )
-            b.put(record)
-            return [result]
-
-        answer: SettleResult = self._batch("abandon", one)[0]
-        return answer
 
     # -- reads ---------------------------------------------------------------------------------
 

@@ -22,10 +22,10 @@ from dtimeout.interfaces import OutgoingMessage, ScheduleRequest
 from dtimeout.model import DueTimeout, ScheduleResult, TimeoutMessage, TimeoutState, encode_payload
 from dtimeout.providers.memory import MemoryTransport
 from dtimeout.providers.redis import keys as K
-from dtimeout.providers.redis.fusion import body_parts, can_fuse
+from dtimeout.providers.redis.fusion import body_head, can_fuse, message_tail
 from dtimeout.providers.redis.plugin import open_store, open_transport
 from dtimeout.providers.redis.settings import parse_url
-from dtimeout.providers.redis.store import RedisStore
+from dtimeout.providers.redis.store import RedisStore, _fused_args
 from dtimeout.providers.redis.transport import RedisTransport
 from dtimeout.testing import TimeoutsContract
 from dtimeout.testing.helpers import CountingTransport
@@ -51,10 +51,12 @@ json_values = st.recursive(
 def test_the_script_builds_the_very_bytes_the_model_encodes(
     kind: str, key: str, due: int, payload: Any, generation: int
 ) -> None:
-    head, tail, payload_json = body_parts(ScheduleRequest(kind, key, due, payload, 1))
-    expected = TimeoutMessage(kind, key, generation, due, payload).encode()
-    assert (head + str(generation) + tail).encode("utf-8") == expected
+    """What Python sends (head, payload JSON) and what the script adds around them (the
+    generation, message_tail) make exactly the model's message."""
+    payload_json = _fused_args(ScheduleRequest(kind, key, due, payload, 1))[1]
     assert payload_json == encode_payload(payload)
+    body = body_head(kind, key) + str(generation) + message_tail(due, payload_json)
+    assert body.encode("utf-8") == TimeoutMessage(kind, key, generation, due, payload).encode()
 
 
 @pytest.mark.parametrize(

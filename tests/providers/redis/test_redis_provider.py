@@ -170,6 +170,27 @@ def test_expired_lease_comes_back_and_the_old_token_cannot_settle(redis_url: str
         transport.close()
 
 
+def test_any_bytes_and_ids_come_back_exactly_as_sent(redis_url: str) -> None:
+    """Receive answers in JSON (one bulk string); bodies that are not UTF-8, control characters,
+    quotes, slashes and non-ASCII ids must still come back byte for byte."""
+    clock = FakeClock()
+    transport = open_transport(fresh(redis_url), clock)
+    bodies = {
+        "k:every-byte:1": bytes(range(256)),
+        "k:bad-utf8:1": b"\xff\xfe\xc3(\xed\xa0\x80 \x00",
+        'k:\u00e9t\u00e9/"q"\\:1': '{"a":"\u00e9\u20ac\U0001f600\\/\n"}'.encode(),
+        "k:empty:1": b"",
+    }
+    try:
+        transport.send([OutgoingMessage(i, b, clock.now_ms()) for i, b in bodies.items()])
+        got = transport.receive(10, 0, 30)
+        assert {d.message_id: d.body for d in got} == bodies
+        transport.ack(got)
+        assert transport.counts() == {"due": 0, "inflight": 0}
+    finally:
+        transport.close()
+
+
 def test_shards_are_polled_fairly_and_batches_never_exceed_the_ask(redis_url: str) -> None:
     clock = FakeClock()
     transport = open_transport(fresh(redis_url, shards=8), clock)

@@ -18,8 +18,11 @@ Pure functions only: no registry, no state shared between instances.
 
 from __future__ import annotations
 
-from dtimeout.interfaces import ScheduleRequest
-from dtimeout.model import TimeoutMessage
+import json
+import json.encoder
+from collections.abc import Callable
+
+from dtimeout.model import MESSAGE_VERSION
 from dtimeout.providers.redis.settings import RedisSettings
 
 
@@ -46,16 +49,19 @@ def can_fuse(store: RedisSettings, transport: RedisSettings) -> bool:
     )
 
 
-def body_parts(request: ScheduleRequest) -> tuple[str, str, str]:
-    """The encoded message around its generation, so the script can finish it: ``head +
-    str(generation) + tail`` is byte for byte ``TimeoutMessage(...).encode()``; third, the
-    payload's JSON as it appears in the body (one encoding serves the record and the message).
+def body_head(kind: str, key: str) -> str:
+    """The start of a message's body, up to its generation. The script completes it as
+    ``head + generation + ',"due_at":' + due + ',"payload":' + payload + '}'``, byte for byte
+    ``TimeoutMessage(...).encode()`` (a property test holds it to that): the script prints only
+    integers (``%.0f``, exact below 2**53), Python prints the strings and the payload."""
+    return f'{{"v":{MESSAGE_VERSION},"kind":{_string(kind)},"key":{_string(key)},"generation":'
 
-    The generation is the only number the script prints (``%.0f``, exact to 2**53); the due time
-    and the payload are printed here by Python's ``json``, exactly as the model prints them."""
-    body = TimeoutMessage(request.kind, request.key, 0, request.due_at_ms, request.payload)
-    text = body.encode().decode("utf-8")
-    # Keys come first and are JSON strings (quotes escaped), so the marker cannot occur earlier.
-    head, _, tail = text.partition('"generation":0,')
-    payload = tail[len(f'"due_at":{request.due_at_ms},"payload":') : -1]
-    return head + '"generation":', "," + tail, payload
+
+def message_tail(due_at_ms: int, payload_json: str) -> str:
+    """What the script appends after the generation (for tests and documentation)."""
+    return f',"due_at":{due_at_ms},"payload":{payload_json}}}'
+
+
+# JSON string literal as ``json.dumps(s, ensure_ascii=False)`` writes it, without building an
+# encoder per call (the C function when available).
+_string: Callable[[str], str] = json.encoder.encode_basestring

@@ -6,7 +6,8 @@ Layout (``P`` is the URL's ``prefix=``, default ``dtimeout``)::
     {P:q:N}:due           zset   message id -> due time (ms); shard N of the due index
     {P:q:N}:inflight      zset   message id -> lease deadline (ms) of a received message
     {P:q:N}:body          hash   message id -> encoded message
-    {P:q:N}:count         hash   message id -> deliveries so far
+    {P:q:N}:count         hash   message id -> deliveries so far, only when not implied
+                                 (absent: 0 for a waiting message, 1 for a leased one)
     {P:q:N}:lease         hash   message id -> lease token of the current delivery
     {P:q:N}:dead          hash   message id -> JSON {body, reason, at} of a dead letter
 

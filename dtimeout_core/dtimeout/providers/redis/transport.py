@@ -129,7 +129,7 @@ class RedisTransport(Transport):
         deliveries: list[Delivery] = []
         next_due, now = -1, 0
         hungry: list[int] = []  # shards that may have more due right now
-        for shard, reply in zip(order, replies, strict=True):
+        for shard, reply in zip(order, map(_parse, replies), strict=True):
             now = int(reply[0])
             got = self._deliveries(shard, reply)
             deliveries.extend(got)
@@ -152,7 +152,7 @@ class RedisTransport(Transport):
                 asked.append((shard, take))
                 calls.append(self._receive_call(shard, take, lease_ms, f"{token}:{shard}b"))
             for (shard, _), reply in zip(asked, self.conn.run_many(calls), strict=True):
-                deliveries.extend(self._deliveries(shard, reply))
+                deliveries.extend(self._deliveries(shard, _parse(reply)))
         return deliveries, next_due, now
 
     def _receive_call(self, shard: int, quota: int, lease_ms: int, token: str) -> _Call:
@@ -160,18 +160,15 @@ class RedisTransport(Transport):
         return ("queue_receive.lua", self.shards[shard].all(), args)
 
     def _deliveries(self, shard: int, reply: Sequence[Any]) -> list[Delivery]:
-        out: list[Delivery] = []
-        for i in range(2, len(reply), 4):
-            body = reply[i + 1]
-            out.append(
-                Delivery(
-                    message_id=decode(reply[i]),
-                    body=body if isinstance(body, bytes) else str(body).encode("utf-8"),
-                    receipt=(shard, decode(reply[i + 3])),
-                    delivery_count=int(reply[i + 2]),
-                )
+        return [
+            Delivery(
+                message_id=reply[i],
+                body=reply[i + 1].encode("utf-8", "surrogateescape"),
+                receipt=(shard, reply[i + 3]),
+                delivery_count=reply[i + 2],
             )
-        return out
+            for i in range(2, len(reply), 4)
+        ]
 
     # -- settling --------------------------------------------------------------------------------
 
@@ -183,7 +180,7 @@ class RedisTransport(Transport):
         calls: list[_Call] = []
         for shard, pairs in by_shard.items():
             for start in range(0, len(pairs), 2 * CHUNK):
-                args = [self.conn.now_arg(), *pairs[start : start + 2 * CHUNK]]
+                args = [self.conn.now_arg(), _json(pairs[start : start + 2 * CHUNK])]
                 calls.append(("queue_ack.lua", self.shards[shard].all(), args))
         self.conn.run_many(calls)
 
@@ -208,7 +205,7 @@ class RedisTransport(Transport):
         calls: list[_Call] = []
         for shard, ids in by_shard.items():
             for start in range(0, len(ids), CHUNK):
-                args = [self.conn.now_arg(), *ids[start : start + CHUNK]]
+                args = [self.conn.now_arg(), _json(ids[start : start + CHUNK])]
                 calls.append(("queue_cancel.lua", self.shards[shard].all(), args))
         self.conn.run_many(calls)
 
@@ -242,3 +239,16 @@ class RedisTransport(Transport):
 
     def stats(self) -> dict[str, int]:
         return {**self.conn.stats(), "polls": self.polls}
+
+
+def _parse(reply: Any) -> list[Any]:
+    """A receive script's JSON reply. Bodies are bytes to us and may not be UTF-8 (a transport
+    carries what it is given): surrogateescape gives back exactly the bytes that were sent."""
+    text = reply if isinstance(reply, str) else reply.decode("utf-8", "surrogateescape")
+    parsed: list[Any] = json.loads(text)
+    return parsed
+
+
+def _json(items: Sequence[Any]) -> str:
+    """Many ids (and tokens) as one script argument: redis-py encodes each argument in Python."""
+    return json.dumps(items, ensure_ascii=False, separators=(",", ":"))

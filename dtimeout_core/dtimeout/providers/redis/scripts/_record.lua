@@ -31,7 +31,7 @@ local function load(key, with_payload)
   end
   local a = cjson.decode(raw)
   local rec = {s = a[1], g = a[2], d = a[3], a = a[4], o = text(a[5]), l = a[6], r = text(a[7]),
-    c = text(a[8]), h = text(a[9]), u = a[10], e = a[11], f = text(a[12]), p = p}
+    c = text(a[8]), h = text(a[9]), u = a[10], e = a[11], f = text(a[12]), p = p, e0 = a[11]}
   if a[13] ~= '' then -- 'OPID:ANSWER'
     local cut = string.find(a[13], ':', 1, true)
     rec.q = string.sub(a[13], 1, cut - 1)
@@ -45,7 +45,9 @@ local function load(key, with_payload)
   return rec, true
 end
 
--- Expiry is re-applied by every write, so no transition can leave a record without one.
+-- Expiry is applied by every write that moves it (or creates the record), so no transition can
+-- leave a record without one: HSET on an existing hash keeps its expiry, and ``e0`` (the
+-- expiry the record was loaded with) tells whether it moved.
 local function expire(key, at)
   if FAKE then
     redis.call('PEXPIRE', key, math.max(1, at - NOW))
@@ -62,7 +64,9 @@ local function save(key, rec, with_payload)
   else
     redis.call('HSET', key, 'v', v)
   end
-  expire(key, rec.e)
+  if rec.e ~= rec.e0 then
+    expire(key, rec.e)
+  end
 end
 
 -- The reply for one record: answer, the twelve values of keys.RECORD_FIELDS, the payload (or ''

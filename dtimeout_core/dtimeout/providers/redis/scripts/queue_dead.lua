@@ -12,7 +12,7 @@ if redis.call('HGET', leases, id) ~= ARGV[3] then
   return 0
 end
 local body = redis.call('HGET', bodies, id) or ''
-local deliveries = tonumber(redis.call('HGET', counts, id) or 0)
+local deliveries = tonumber(redis.call('HGET', counts, id) or 1) -- leased: absent means 1
 redis.call('HSET', dead, id,
   cjson.encode({body = body, reason = ARGV[4], at = NOW, deliveries = deliveries}))
 redis.call('ZREM', inflight, id)

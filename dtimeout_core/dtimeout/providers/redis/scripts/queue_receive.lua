@@ -4,8 +4,10 @@
 -- ARGV[2]  N, the most messages to hand out
 -- ARGV[3]  lease ms
 -- ARGV[4]  token prefix of this call; message i gets the lease token ARGV[4]..':'..i
--- Returns {now, next, id, body, deliveries, token, id, body, …}. ``next`` is the earliest due
--- time or lease deadline left in the shard (-1 when empty): the caller sleeps until then.
+-- Returns one JSON array {now, next, id, body, deliveries, token, id, body, …} (one bulk string:
+-- redis-py parses a nested RESP reply element by element in Python, four per message, which
+-- cost more than the rest of a receive). ``next`` is the earliest due time or lease deadline
+-- left in the shard (-1 when empty): the caller sleeps until then.
 -- Messages whose lease expired are handed out first, then due ones; nothing with a due time
 -- after now is ever handed out.
 
@@ -15,21 +17,29 @@ local deadline = I(NOW + tonumber(ARGV[3]))
 local out = {NOW, -1}
 local n = 0
 
-local function hand_out(ids)
+-- Deliveries so far live in the count hash only when not implied (keys.py): absent means 0 for
+-- a waiting message and 1 for a leased one, so a first delivery writes no count at all.
+local function hand_out(ids, leased_before)
   if #ids == 0 then
     return
   end
   local found = redis.call('HMGET', bodies, unpack(ids))
-  local lease_pairs, token_pairs = {}, {}
+  local known = redis.call('HMGET', counts, unpack(ids))
+  local implied = leased_before and 1 or 0
+  local lease_pairs, token_pairs, count_pairs = {}, {}, {}
   for i, id in ipairs(ids) do
     if found[i] then
       n = n + 1
       local token = ARGV[4] .. ':' .. n
+      local count = (known[i] and tonumber(known[i]) or implied) + 1
+      if count > 1 then
+        count_pairs[#count_pairs + 1] = id
+        count_pairs[#count_pairs + 1] = count
+      end
       lease_pairs[#lease_pairs + 1] = deadline
       lease_pairs[#lease_pairs + 1] = id
       token_pairs[#token_pairs + 1] = id
       token_pairs[#token_pairs + 1] = token
-      local count = redis.call('HINCRBY', counts, id, 1)
       out[#out + 1] = id
       out[#out + 1] = found[i]
       out[#out + 1] = count
@@ -45,16 +55,19 @@ local function hand_out(ids)
     redis.call('ZADD', inflight, unpack(lease_pairs))
     redis.call('HSET', leases, unpack(token_pairs))
   end
+  if #count_pairs > 0 then
+    redis.call('HSET', counts, unpack(count_pairs))
+  end
 end
 
 -- expired leases first: the oldest work comes back as due
-hand_out(redis.call('ZRANGEBYSCORE', inflight, '-inf', NOW, 'LIMIT', 0, max))
+hand_out(redis.call('ZRANGEBYSCORE', inflight, '-inf', NOW, 'LIMIT', 0, max), true)
 if n < max then
   local ids = redis.call('ZRANGEBYSCORE', due_key, '-inf', NOW, 'LIMIT', 0, max - n)
   if #ids > 0 then
     redis.call('ZREM', due_key, unpack(ids))
   end
-  hand_out(ids)
+  hand_out(ids, false)
 end
 if n == 0 then
   local first = redis.call('ZRANGE', due_key, 0, 0, 'WITHSCORES')
@@ -68,4 +81,4 @@ if n == 0 then
   end
   out[2] = next_
 end
-return out
+return cjson.encode(out)

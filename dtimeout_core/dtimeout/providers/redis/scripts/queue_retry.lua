@@ -13,7 +13,11 @@ end
 redis.call('ZREM', inflight, id)
 redis.call('HDEL', leases, id)
 redis.call('ZADD', due_key, I(NOW + tonumber(ARGV[4])), id)
-if redis.call('HINCRBY', counts, id, -1) <= 0 then
+-- a leased message has at least one delivery (absent count: exactly one; see keys.py)
+local before = tonumber(redis.call('HGET', counts, id) or 1) - 1
+if before <= 0 then
   redis.call('HDEL', counts, id)
+else
+  redis.call('HSET', counts, id, before)
 end
 return 1

@@ -1,11 +1,14 @@
 -- store_claim.lua: decide_claim (dtimeout/model.py) for each delivered message.
 -- KEYS[i]  the record of item i
 -- ARGV[1]  now ms, or '' to use the server's TIME
--- ARGV[2]  JSON array, item i = [generation, due ms, payload JSON text (for an orphan),
+-- ARGV[2]  JSON array, item i = [generation, due ms, payload JSON text (for an orphan) or '',
 --          owner token, lease ms, max attempts, orphan policy ('fire'|'drop'), retention ms]
 -- Returns one JSON array (a single bulk reply parses far faster than nested ones):
 -- one reply per item (see _record.lua), with the payload; answers claimed|not_due|busy|
--- stale|cancelled|fired|dead, or {'missing'} when there is no record and orphans are dropped.
+-- stale|cancelled|fired|dead, or {'missing'} when there is no record and orphans are dropped,
+-- or {'orphan'} when there is none, orphans fire and the payload was not sent: nothing was
+-- written and the caller claims that item again with its payload. (The payload matters only
+-- for an orphan, which is rare: not sending it saves encoding and bytes on every claim.)
 
 local function lease(key, cur, owner, lease_ms, retention)
   cur.s = 'firing'
@@ -23,6 +26,9 @@ local function claim(key, gen, due, payload, owner, lease_ms, max_attempts, poli
   if not cur then
     if policy == 'drop' then
       return {'missing'}
+    end
+    if payload == '' then
+      return {'orphan'}
     end
     -- an orphan: the record expired or was wiped; never lose a timeout
     local rec = {s = 'firing', g = gen, d = due, p = payload, a = 1, o = owner,

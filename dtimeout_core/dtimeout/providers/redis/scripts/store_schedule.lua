@@ -2,14 +2,16 @@
 -- KEYS[i]  the record of item i (P:t:{KIND:KEY}), i = 1..n
 -- ARGV[1]  now ms, or '' to use the server's TIME
 -- ARGV[2]  JSON array, item i = [due ms, payload JSON text, retention ms] and, when fused,
---          [.., message id prefix 'KIND:KEY:', body head, body tail]
+--          [.., message id prefix 'KIND:KEY:', body head '{"v":1,"kind":…,"key":…,"generation":']
 -- ARGV[3]  id of this call; item i is operation ARGV[3]..'.'..i (a re-send answers as before)
 -- ARGV[4]  '1' when fused (RedisStore.schedule_and_send, fusion.py): KEYS[n+1..n+4] are the
 --          queue shard's due zset, inflight zset, body hash and count hash, and every answer
 --          that needs a message enqueues it here, as queue_send.lua would: id PREFIX..generation,
---          body HEAD..generation..TAIL, due at the record's due time. An advanced item also
---          removes the superseded generation's message, as queue_cancel.lua would. A re-sent
---          call (same operation) enqueues nothing: its first run did.
+--          body HEAD..generation..',"due_at":'..due..',"payload":'..payload..'}' (the model's
+--          bytes: fusion.body_head), due at the record's due time; an id a consumer holds keeps
+--          its lease. An advanced item also removes the superseded generation's message, as
+--          queue_cancel.lua would. A re-sent call (same operation) enqueues nothing: its first
+--          run did. Needs Redis >= 6.2 (ZMSCORE).
 -- Returns one JSON array (a single bulk reply parses far faster than nested ones):
 -- one reply (see _record.lua) per item; answers created|advanced|extended|refused.
 
@@ -58,26 +60,45 @@ end
 local items = cjson.decode(ARGV[2])
 local n = #items
 local fused = ARGV[4] == '1'
-local due_key, inflight, bodies, counts = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3], KEYS[n + 4]
 local out = {}
+-- Fused messages are written after the loop, one command per key for the whole call: Redis
+-- charges per command far more than per element.
+local ids, bodies, dues, superseded = {}, {}, {}, {}
 for i = 1, n do
   local it = items[i]
   local answer, changed = schedule(KEYS[i], it[1], it[2], it[3], ARGV[3] .. '.' .. i)
   out[i] = answer
   local result = answer[1]
   if fused and changed and (result == 'created' or result == 'advanced') then
-    local gen = answer[3]
-    local id = it[4] .. I(gen)
-    redis.call('HSET', bodies, id, it[5] .. I(gen) .. it[6])
-    if not redis.call('ZSCORE', inflight, id) then
-      redis.call('ZADD', due_key, I(answer[4]), id)
-    end
+    local gen, due = I(answer[3]), I(answer[4])
+    local id = it[4] .. gen
+    ids[#ids + 1] = id
+    dues[#dues + 1] = due
+    bodies[#bodies + 1] = id
+    bodies[#bodies + 1] = it[5] .. gen .. ',"due_at":' .. due .. ',"payload":' .. it[2] .. '}'
     if result == 'advanced' then
-      local old = it[4] .. I(gen - 1)
-      if redis.call('ZREM', due_key, old) == 1 then
-        redis.call('HDEL', bodies, old)
-        redis.call('HDEL', counts, old)
-      end
+      superseded[#superseded + 1] = it[4] .. I(answer[3] - 1)
+    end
+  end
+end
+if #ids > 0 then
+  local due_key, inflight, body_key, counts = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3], KEYS[n + 4]
+  redis.call('HSET', body_key, unpack(bodies))
+  local held = redis.call('ZMSCORE', inflight, unpack(ids))
+  local pairs_ = {}
+  for j = 1, #ids do
+    if not held[j] then
+      pairs_[#pairs_ + 1] = dues[j]
+      pairs_[#pairs_ + 1] = ids[j]
+    end
+  end
+  if #pairs_ > 0 then
+    redis.call('ZADD', due_key, unpack(pairs_))
+  end
+  for _, old in ipairs(superseded) do
+    if redis.call('ZREM', due_key, old) == 1 then
+      redis.call('HDEL', body_key, old)
+      redis.call('HDEL', counts, old)
     end
   end
 end

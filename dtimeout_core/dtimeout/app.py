@@ -340,9 +340,14 @@ class Timeouts:
                     functools.partial(self.transport.send, chunk), what="transport.send"
                 )
             except DtimeoutError as exc:
-                error = SendFailedError(f"could not send {len(chunk)} message(s): {exc}")
+                # A transport that knows which entries it did not accept says so in ``failed``;
+                # the others were taken and stay scheduled.
+                failed = set(getattr(exc, "failed", None) or [m.message_id for m in chunk])
+                error = SendFailedError(f"could not send {len(failed)} message(s): {exc}")
                 error.__cause__ = exc
                 for index in range(start, stop):
+                    if messages[index].message_id not in failed:
+                        continue
                     t = outcomes[index].timeout
                     self.store.abandon(
                         t.kind, t.key, t.generation, TimeoutState.CANCELLED, "send_failed"

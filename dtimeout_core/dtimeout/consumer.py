@@ -87,6 +87,7 @@ class _Job:
     error: BaseException | None = None
     duration_ms: int = 0
     gate: threading.Lock = field(default_factory=threading.Lock)
+    leased_at: float = field(default_factory=time.monotonic)  # claim or last renewal
 
 
 class Consumer:
@@ -452,11 +453,15 @@ class Consumer:
                 log.warning("purge failed (will try again): %s", exc)
 
     def _heartbeat(self) -> None:
-        """Keep the leases of claimed, unsettled jobs alive, in the store and in the transport."""
-        self._heartbeat_at = time.monotonic() + self.heartbeat_seconds
-        running = list(self._jobs)
+        """Keep the leases of claimed, unsettled jobs alive, in the store and in the transport.
+        Only leases a heartbeat old are renewed: quick jobs settle before they need it."""
+        now = time.monotonic()
+        self._heartbeat_at = now + self.heartbeat_seconds
+        running = [j for j in self._jobs if now - j.leased_at >= self.heartbeat_seconds]
         if not running:
             return
+        for job in running:
+            job.leased_at = now
         held = self._call(
             lambda: self.store.renew([j.lease for j in running], self.timeouts.lease_ms),
             "store.renew",

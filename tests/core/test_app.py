@@ -387,3 +387,29 @@ def test_a_settlement_outage_keeps_the_job_and_settles_it_later(clock: FakeClock
     record = t.status("payment", "k")
     assert record is not None and record.state is TimeoutState.FIRED
     assert t.transport.pending_count() == 0  # type: ignore[attr-defined]
+
+
+def test_a_partly_failed_send_abandons_only_the_entries_not_taken(clock: FakeClock) -> None:
+    class PartlyFailing(MemoryTransport):
+        def send(self, messages: Sequence[OutgoingMessage]) -> list[str | None]:
+            super().send([m for m in messages if not m.message_id.startswith("payment:bad")])
+            error = TransientTransportError("1 entry failed: InternalError")
+            error.failed = [
+                m.message_id for m in messages if m.message_id.startswith("payment:bad")
+            ]  # type: ignore[attr-defined]
+            raise error
+
+    t = make(clock, PartlyFailing(clock))
+    with pytest.raises(BatchScheduleError) as info:
+        t.schedule_many([ScheduleItem("payment", k, after=5) for k in ("ok1", "bad", "ok2")])
+    assert [type(r).__name__ for r in info.value.results] == [
+        "Timeout",
+        "SendFailedError",
+        "Timeout",
+    ]
+    states = {k: t.status("payment", k).state for k in ("ok1", "bad", "ok2")}  # type: ignore[union-attr]
+    assert states == {
+        "ok1": TimeoutState.PENDING,
+        "bad": TimeoutState.CANCELLED,
+        "ok2": TimeoutState.PENDING,
+    }

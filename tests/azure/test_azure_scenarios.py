@@ -117,8 +117,12 @@ def test_a_lost_lock_is_not_completed_and_the_store_drops_the_redelivery(
     consumer = env.timeouts.consumer(wait_seconds=0.0)
     pump(consumer)
     assert env.transport.stats()["lock_lost"] == 1  # the complete was refused, not retried
-    # so the broker delivered it again, and the store answered: already fired
-    assert consumer.stats.received == 2 and consumer.stats.dropped == {"fired": 1}
+    # The broker delivered it again. If that copy arrived while the handler still ran, the
+    # claim found a live lease (BUSY) and put it back for the lease's remainder: let that pass.
+    env.clock.advance(130)
+    pump(consumer)
+    # either way the store answered the redelivery: already fired
+    assert consumer.stats.received in (2, 3) and consumer.stats.dropped == {"fired": 1}
     assert consumer.stats.fired == 1 and env.snapshot()["active"] == []
     record = env.timeouts.status("long", "x")
     assert record is not None and record.state is TimeoutState.FIRED

@@ -229,7 +229,9 @@ class RedisConnection:
 
     def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """One script call, one round trip (two after the server lost its script cache)."""
-        with self.errors(name):
+        if not self.settings.cluster:
+            return self.run_many([(name, keys, args)])[0]
+        with self.errors(name):  # the cluster client follows redirects and reloads scripts
             script = self.script(name)
             self.round_trips += 1
             self.commands += 1
@@ -237,11 +239,11 @@ class RedisConnection:
 
     def run_many(self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]) -> list[Any]:
         """Several script calls in one pipeline (one round trip per node); results in order."""
-        if len(calls) == 1:
-            name, keys, args = calls[0]
-            return [self.run(name, keys, args)]
         if not calls:
             return []
+        if len(calls) == 1 and self.settings.cluster:
+            name, keys, args = calls[0]
+            return [self.run(name, keys, args)]
         with self.errors(calls[0][0]):
             results = self._pipeline(calls)
             missing = [i for i, r in enumerate(results) if _is_noscript(r)]
@@ -260,12 +262,42 @@ class RedisConnection:
     def _pipeline(self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]) -> list[Any]:
         if self.settings.cluster:
             return self._cluster_pipeline(calls)
-        pipe = self.client.pipeline(transaction=False)
-        for name, keys, args in calls:
-            pipe.evalsha(self.script(name).sha, len(keys), *keys, *args)
+        packed = b"".join(
+            _pack_evalsha(self.script(name).sha, keys, args) for name, keys, args in calls
+        )
         self.round_trips += 1
         self.commands += len(calls)
-        return list(pipe.execute(raise_on_error=False))
+        return self._exchange(packed, len(calls))
+
+    def _exchange(self, packed: bytes, count: int) -> list[Any]:
+        """Send already packed commands on one pooled connection and read ``count`` replies;
+        error replies come back as exception objects, in place.
+
+        Why not redis-py's client or pipeline: per command they re-encode every argument in
+        Python and go through bookkeeping (observability, response callbacks, a pool check
+        that costs a system call) that cost more than a whole script call's own client work.
+        The connection, its health check and its ``Retry`` (re-send everything after a
+        dropped connection, as a pipeline does: every script answers a re-send as it answered
+        the first time) are redis-py's own.
+        """
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        response_error = self._redis.exceptions.ResponseError
+
+        def attempt() -> list[Any]:
+            conn.send_packed_command([packed])
+            replies: list[Any] = []
+            for _ in range(count):
+                try:
+                    replies.append(conn.read_response())
+                except response_error as exc:
+                    replies.append(exc)
+            return replies
+
+        try:
+            return list(conn.retry.call_with_retry(attempt, lambda _error: conn.disconnect()))
+        finally:
+            pool.release(conn)
 
     def _cluster_pipeline(
         self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]
@@ -367,6 +399,25 @@ class RedisConnection:
 
     def stats(self) -> dict[str, int]:
         return {"round_trips": self.round_trips, "commands": self.commands}
+
+
+def _pack_evalsha(sha: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
+    """``EVALSHA sha n keys… args…`` in RESP, as redis-py's packer writes it (str as UTF-8,
+    numbers as their decimal text)."""
+    items: list[bytes] = [sha.encode(), str(len(keys)).encode()]
+    for value in (*keys, *args):
+        if isinstance(value, bytes):
+            items.append(value)
+        elif isinstance(value, str):
+            items.append(value.encode("utf-8"))
+        elif isinstance(value, int) and not isinstance(value, bool):
+            items.append(str(value).encode())
+        else:
+            raise TypeError(f"script argument of type {type(value).__name__}: {value!r}")
+    out = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (len(items) + 1)]
+    for item in items:
+        out.append(b"$%d\r\n%s\r\n" % (len(item), item))
+    return b"".join(out)
 
 
 def _is_noscript(result: Any) -> bool:

@@ -141,6 +141,26 @@ class RedisStore(Store):
         out: list[ScheduleOutcome] = []
         for request, reply in zip(requests, replies, strict=True):
             result = _SCHEDULE_RESULTS[reply[0]]
+            if len(reply) == 4:  # a fresh record: generation, updated, expires; the rest known
+                timeout = Timeout(
+                    request.kind,
+                    request.key,
+                    TimeoutState.PENDING,
+                    int(reply[1]),
+                    request.due_at_ms,
+                    request.payload,
+                    0,
+                    None,
+                    0,
+                    None,
+                    None,
+                    None,
+                    int(reply[2]),
+                    int(reply[3]),
+                    False,
+                )
+                out.append(ScheduleOutcome(result, timeout, None, sent))
+                continue
             payload = _UNSET if result is ScheduleResult.REFUSED else request.payload
             timeout = _record(request.kind, request.key, reply, payload)
             previous = optional(reply[14]) if result is ScheduleResult.ADVANCED else None

@@ -13,9 +13,12 @@
 --          queue_cancel.lua would. A re-sent call (same operation) enqueues nothing: its first
 --          run did. Needs Redis >= 6.2 (ZMSCORE).
 -- Returns one JSON array (a single bulk reply parses far faster than nested ones):
--- one reply (see _record.lua) per item; answers created|advanced|extended|refused.
+-- one reply (see _record.lua) per item; answers created|advanced|extended|refused. A fresh
+-- record (created, not a re-sent call) answers only {'created', generation, updated, expires}:
+-- the caller knows the rest.
 
--- The reply, and whether this call changed anything (false when it re-answers a re-send).
+-- The reply, whether this call changed anything (false when it re-answers a re-send), and
+-- the record as written.
 local function schedule(key, due, payload, retention, op)
   local cur = load(key)
   if cur and cur.q == op then
@@ -49,12 +52,13 @@ local function schedule(key, due, payload, retention, op)
     cur.h = false
     cur.qr = 'advanced'
     save(key, cur, true)
-    return reply('advanced', cur, false, previous), true
+    return reply('advanced', cur, false, previous), true, cur
   end
   local rec = {s = 'pending', g = (cur and cur.g or 0) + 1, d = due, a = 0, l = 0, u = NOW,
     e = exp, p = payload, q = op, qr = 'created'}
   save(key, rec, true)
-  return reply('created', rec, false), true
+  -- everything else of a fresh record is known to the caller: a short reply
+  return {'created', rec.g, rec.u, rec.e}, true, rec
 end
 
 local items = cjson.decode(ARGV[2])
@@ -66,18 +70,18 @@ local out = {}
 local ids, bodies, dues, superseded = {}, {}, {}, {}
 for i = 1, n do
   local it = items[i]
-  local answer, changed = schedule(KEYS[i], it[1], it[2], it[3], ARGV[3] .. '.' .. i)
+  local answer, changed, rec = schedule(KEYS[i], it[1], it[2], it[3], ARGV[3] .. '.' .. i)
   out[i] = answer
   local result = answer[1]
   if fused and changed and (result == 'created' or result == 'advanced') then
-    local gen, due = I(answer[3]), I(answer[4])
+    local gen, due = I(rec.g), I(rec.d)
     local id = it[4] .. gen
     ids[#ids + 1] = id
     dues[#dues + 1] = due
     bodies[#bodies + 1] = id
     bodies[#bodies + 1] = it[5] .. gen .. ',"due_at":' .. due .. ',"payload":' .. it[2] .. '}'
     if result == 'advanced' then
-      superseded[#superseded + 1] = it[4] .. I(answer[3] - 1)
+      superseded[#superseded + 1] = it[4] .. I(rec.g - 1)
     end
   end
 end

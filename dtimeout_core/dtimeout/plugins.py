@@ -10,12 +10,18 @@ call stops at the first plugin that fails to import, taking the whole CLI down w
 failing plugin becomes a :class:`PluginLoadFailure` (its name, its distribution, the error),
 is logged once, and is skipped; ``dtimeout providers`` shows it and everything else keeps
 working.
+
+``DTIMEOUT_DISABLE_PLUGINS=name1,name2`` blocks plugins by name (the ``plugin`` column of
+``dtimeout providers``: an entry-point name such as ``sqs``, or a built-in's module name) with
+pluggy's public ``set_blocked``: a blocked plugin is neither imported nor registered. It is the
+way out when two installed plugins claim one URL scheme and neither can be uninstalled.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "dtimeout"
 CORE_DISTRIBUTION = "dtimeout"
+DISABLE_ENV = "DTIMEOUT_DISABLE_PLUGINS"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "dtimeout.providers.memory",
@@ -70,6 +77,28 @@ def reset_failure_reports() -> None:
         _reported.clear()
 
 
+def report_once(failure: PluginLoadFailure, text: str) -> None:
+    """Log ``text`` as a warning the first time this process sees ``failure``, at DEBUG after.
+
+    A process may build several managers and registries (the CLI builds one, a user's
+    ``Timeouts()`` in ``run consume --app`` another); the user hears about a broken plugin
+    once, and ``dtimeout providers`` shows it every time.
+    """
+    with _reported_lock:
+        first = failure not in _reported
+        _reported.add(failure)
+    if first:
+        logger.warning("%s", text)
+    else:
+        logger.debug("%s (reported before)", text)
+
+
+def disabled_plugins(environ: dict[str, str] | None = None) -> list[str]:
+    """The plugin names listed in ``DTIMEOUT_DISABLE_PLUGINS`` (comma- or space-separated)."""
+    raw = (os.environ if environ is None else environ).get(DISABLE_ENV, "")
+    return [name for name in raw.replace(",", " ").split() if name]
+
+
 class DtimeoutPluginManager(pluggy.PluginManager):
     """A pluggy manager that also remembers load failures and each plugin's origin.
 
@@ -95,13 +124,7 @@ class DtimeoutPluginManager(pluggy.PluginManager):
         if failure in self.load_failures:
             return
         self.load_failures.append(failure)
-        with _reported_lock:
-            first = failure not in _reported
-            _reported.add(failure)
-        if first:
-            logger.warning("%s; skipped", failure.describe())
-        else:
-            logger.debug("%s; skipped (reported before)", failure.describe())
+        report_once(failure, f"{failure.describe()}; skipped")
 
 
 def make_plugin_manager(
@@ -113,10 +136,14 @@ def make_plugin_manager(
     plugins of the ``dtimeout`` entry-point group.
 
     ``load_entrypoints=False`` gives tests a manager that sees nothing installed on the machine;
-    they register small inline plugin objects with ``pm.register(obj, name=...)``.
+    they register small inline plugin objects with ``pm.register(obj, name=...)``. Plugins named
+    in ``DTIMEOUT_DISABLE_PLUGINS`` are blocked before anything is loaded.
     """
     pm = DtimeoutPluginManager()
     pm.add_hookspecs(hookspecs)
+    for name in disabled_plugins():
+        pm.set_blocked(name)
+        logger.debug("plugin %r is blocked by %s", name, DISABLE_ENV)
     core_version = _distribution_version(CORE_DISTRIBUTION)
     for module_name in default_plugins:
         _load_module_plugin(pm, module_name, CORE_DISTRIBUTION, core_version)
@@ -157,7 +184,7 @@ def load_entry_points(pm: DtimeoutPluginManager, group: str = ENTRY_POINT_GROUP)
 def _load_module_plugin(
     pm: DtimeoutPluginManager, module_name: str, dist: str, version: str | None
 ) -> None:
-    if pm.get_plugin(module_name) is not None:
+    if pm.get_plugin(module_name) is not None or pm.is_blocked(module_name):
         return
     try:
         module = importlib.import_module(module_name)

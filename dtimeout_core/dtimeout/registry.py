@@ -6,6 +6,12 @@ into a live Transport or Store, so the messages for the common mistakes live her
 unknown scheme gets a did-you-mean and the list of what is installed, a scheme whose plugin
 failed to import says so, a provider that is only a transport is not offered as a store.
 
+Two plugins claiming one scheme for one role is a configuration error naming both — but only for
+that scheme. Building the registry records the conflict (``dtimeout providers`` lists it, and
+the scheme is served by neither plugin); opening a URL of that scheme raises :class:`PluginError`
+saying how to resolve it. Refusing to build the registry at all made one third-party package
+break every command, including ``dtimeout providers``, the one that would have explained it.
+
 URLs are never printed raw: :func:`mask_url` hides passwords and secret-looking query values.
 """
 
@@ -29,7 +35,13 @@ from dtimeout.errors import (
     UnknownSchemeError,
 )
 from dtimeout.interfaces import ProviderInfo, Store, Transport
-from dtimeout.plugins import DtimeoutPluginManager, PluginLoadFailure, make_plugin_manager
+from dtimeout.plugins import (
+    DISABLE_ENV,
+    DtimeoutPluginManager,
+    PluginLoadFailure,
+    make_plugin_manager,
+    report_once,
+)
 
 Role = Literal["transport", "store"]
 
@@ -91,6 +103,37 @@ def scheme_of(url: str) -> str:
     return scheme
 
 
+@dataclass(frozen=True)
+class SchemeConflict:
+    """Two or more plugins registered the same scheme for the same role."""
+
+    role: Role
+    scheme: str
+    claimants: tuple[ProviderInfo, ...]  # in registration order, each with plugin/distribution
+
+    def message(self) -> str:
+        """The one-line error: who claims the scheme, and how to resolve it."""
+        who = " and ".join(_who(c.plugin, c.distribution) for c in self.claimants)
+        # The core cannot be uninstalled; the other distributions can.
+        dists = sorted(
+            {c.distribution for c in self.claimants if c.distribution not in (None, "dtimeout")}
+        )
+        if len(dists) == 1:
+            uninstall = f"uninstall {dists[0]} (pip uninstall {dists[0]})"
+        elif dists:
+            uninstall = f"uninstall one of them (pip uninstall {' or '.join(dists)})"
+        else:
+            uninstall = "uninstall one of them"
+        example = next(
+            (c.plugin for c in reversed(self.claimants) if c.distribution != "dtimeout"),
+            self.claimants[-1].plugin,
+        )
+        return (
+            f"two plugins claim the {self.role} scheme {self.scheme!r}: {who}; {uninstall}, "
+            f"or block one with {DISABLE_ENV}={example}"
+        )
+
+
 @dataclass
 class Registry:
     """The providers every loaded plugin registered, by role and scheme."""
@@ -99,6 +142,7 @@ class Registry:
     stores: dict[str, ProviderInfo] = field(default_factory=dict)
     failures: list[PluginLoadFailure] = field(default_factory=list)
     plugin_manager: pluggy.PluginManager | None = None
+    conflicts: dict[tuple[Role, str], SchemeConflict] = field(default_factory=dict)
 
     # ----------------------------------------------------------------------------------------
     # building
@@ -109,14 +153,25 @@ class Registry:
 
         Each hook implementation is called on its own (instead of one ``pm.hook`` call) so the
         registry knows which plugin registered which scheme, and so one plugin whose hook
-        raises is recorded as a failure without hiding the others. Two plugins claiming one
-        scheme for one role raise :class:`PluginError` naming both.
+        raises, or registers something invalid, is recorded as a failure without hiding the
+        others. Two plugins claiming one scheme for one role become a :class:`SchemeConflict`:
+        listed in :attr:`failures`, and raised (naming both) when that scheme is opened.
         """
         registry = cls(plugin_manager=pm)
         if isinstance(pm, DtimeoutPluginManager):
             registry.failures.extend(pm.load_failures)
         registry._collect(pm, "transport")
         registry._collect(pm, "store")
+        for conflict in registry.conflicts.values():
+            table = registry._table(conflict.role)
+            table.pop(conflict.scheme, None)  # served by neither: a silent winner would surprise
+            failure = PluginLoadFailure(
+                conflict.claimants[-1].plugin,
+                conflict.claimants[-1].distribution,
+                conflict.message(),
+            )
+            registry.failures.append(failure)
+            report_once(failure, f"{conflict.message()}; {conflict.scheme}:// URLs cannot be used")
         return registry
 
     def _collect(self, pm: pluggy.PluginManager, role: Role) -> None:
@@ -128,38 +183,41 @@ class Registry:
                 continue  # a registration hook has nothing to wrap
             plugin_name = impl.plugin_name
             dist, version = _origin(pm, plugin_name)
-            failed = False
+            added: list[ProviderInfo] = []
 
             def register(
                 info: ProviderInfo,
                 _plugin: str = plugin_name,
                 _dist: str | None = dist,
                 _version: str | None = version,
+                _added: list[ProviderInfo] = added,
             ) -> None:
-                self._add(table, role, info, _plugin, _dist, _version)
+                _added.append(self._check(role, info, _plugin, _dist, _version))
 
             try:
                 impl.function(**{name: register for name in impl.argnames})
-            except PluginError:
-                raise
             except Exception as exc:
-                failed = True
-                error = f"{hook_name} raised {type(exc).__name__}: {' '.join(str(exc).split())}"
+                # Half a registration is worse than none: nothing of this plugin is kept.
+                text = " ".join(str(exc).split())
+                error = (
+                    text
+                    if isinstance(exc, PluginError)
+                    else f"{hook_name} raised {type(exc).__name__}: {text}"
+                )
                 self.failures.append(PluginLoadFailure(plugin_name, dist, error))
-            if failed:
-                # Half a registration is worse than none: forget what this plugin added.
-                for scheme in [s for s, i in table.items() if i.plugin == plugin_name]:
-                    del table[scheme]
+                continue
+            for info in added:
+                self._add(table, role, info)
 
-    def _add(
+    def _check(
         self,
-        table: dict[str, ProviderInfo],
         role: Role,
         info: ProviderInfo,
         plugin: str,
         dist: str | None,
         version: str | None,
-    ) -> None:
+    ) -> ProviderInfo:
+        """Validate one registration; the entry as the registry keeps it."""
         if not isinstance(info, ProviderInfo):
             raise PluginError(
                 f"plugin {plugin!r} passed {type(info).__name__} to register(); "
@@ -170,16 +228,21 @@ class Registry:
             raise PluginError(f"plugin {plugin!r} registered an invalid {role} scheme {scheme!r}")
         if not callable(info.factory):
             raise PluginError(f"plugin {plugin!r} registered {role} {scheme!r} without a factory")
+        return replace(info, scheme=scheme, plugin=plugin, distribution=dist, version=version)
+
+    def _add(self, table: dict[str, ProviderInfo], role: Role, info: ProviderInfo) -> None:
+        scheme = info.scheme
+        conflict = self.conflicts.get((role, scheme))
+        if conflict is not None:
+            self.conflicts[(role, scheme)] = replace(
+                conflict, claimants=(*conflict.claimants, info)
+            )
+            return
         existing = table.get(scheme)
         if existing is not None:
-            raise PluginError(
-                f"two plugins claim the {role} scheme {scheme!r}: "
-                f"{_who(existing.plugin, existing.distribution)} and {_who(plugin, dist)}; "
-                "uninstall or block one of them"
-            )
-        table[scheme] = replace(
-            info, scheme=scheme, plugin=plugin, distribution=dist, version=version
-        )
+            self.conflicts[(role, scheme)] = SchemeConflict(role, scheme, (existing, info))
+            return
+        table[scheme] = info
 
     def _table(self, role: Role) -> dict[str, ProviderInfo]:
         return self.transports if role == "transport" else self.stores
@@ -190,6 +253,9 @@ class Registry:
     def resolve(self, url: str, role: Role) -> ProviderInfo:
         """The provider serving ``url`` in ``role``, or a one-line ``ConfigurationError``."""
         scheme = scheme_of(url)
+        conflict = self.conflicts.get((role, scheme))
+        if conflict is not None:
+            raise PluginError(conflict.message())
         table = self._table(role)
         info = table.get(scheme)
         if info is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dtimeout import ProviderInfo, hookimpl
+from dtimeout import FakeClock, ProviderInfo, hookimpl
 from dtimeout.errors import PluginError
 from dtimeout.plugins import (
     CORE_DISTRIBUTION,
@@ -124,13 +124,71 @@ def test_inline_plugin_registers_schemes() -> None:
 def test_two_plugins_claiming_one_scheme_is_an_error_naming_both() -> None:
     pm = _only_memory()
     pm.register(_Scheme("memory"), name="impostor")
+    pm.register(_Scheme("other"), name="bystander")
+    registry = Registry.from_plugin_manager(pm)  # building does not fail: the conflict is scoped
+    assert "memory" not in registry.transports and "memory" not in registry.stores
+    assert registry.transports["other"].plugin == "bystander"  # other schemes keep working
+    assert [f.name for f in registry.failures] == ["impostor", "impostor"]  # transport, store
     with pytest.raises(PluginError) as info:
-        Registry.from_plugin_manager(pm)
+        registry.open_store("memory://", FakeClock())
     message = str(info.value)
-    assert "'memory'" in message
-    assert "dtimeout.providers.memory" in message and "(from dtimeout)" in message
-    assert "impostor" in message
+    assert "two plugins claim the store scheme 'memory'" in message
+    assert "plugin 'dtimeout.providers.memory' (from dtimeout)" in message
+    assert "plugin 'impostor'" in message
+    assert "; uninstall one of them, or block" in message  # no distribution to name
+    assert "DTIMEOUT_DISABLE_PLUGINS=impostor" in message
     assert "\n" not in message
+    assert registry.failures[1].error == message
+
+
+def test_a_scheme_conflict_is_logged_once_per_process(caplog: pytest.LogCaptureFixture) -> None:
+    reset_failure_reports()
+    with caplog.at_level(logging.WARNING, logger="dtimeout.plugins"):
+        for _ in range(2):
+            pm = _only_memory()
+            pm.register(_Scheme("memory"), name="impostor")
+            Registry.from_plugin_manager(pm)
+    logged = [r.getMessage() for r in caplog.records if "two plugins claim" in r.getMessage()]
+    assert len(logged) == 2  # the transport and the store, each once
+    assert all("memory:// URLs cannot be used" in line for line in logged)
+
+
+def test_disable_plugins_blocks_by_name(
+    fake_dist: FakeDist, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_dist(
+        "dtimeout-clash",
+        "2.0",
+        {"clash": "dtimeout_clash_plugin"},
+        {
+            "dtimeout_clash_plugin": """
+            from dtimeout import FakeClock, ProviderInfo, hookimpl
+            from dtimeout.providers import memory
+
+            @hookimpl
+            def dtimeout_register_stores(register):
+                register(ProviderInfo("sqlite", "not-sqlite", memory.open_store))
+            """
+        },
+    )
+    registry = Registry.from_plugin_manager(make_plugin_manager())
+    with pytest.raises(
+        PluginError, match=r"uninstall dtimeout-clash \(pip uninstall dtimeout-clash\)"
+    ):
+        registry.open_store("sqlite:///x.db", FakeClock())
+    assert "sqlite" in registry.transports  # only the store role is in conflict
+
+    monkeypatch.setenv("DTIMEOUT_DISABLE_PLUGINS", "clash, somethingelse")
+    pm = make_plugin_manager()
+    assert pm.get_plugin("clash") is None and pm.is_blocked("clash")
+    unblocked = Registry.from_plugin_manager(pm)
+    assert unblocked.stores["sqlite"].plugin == "dtimeout.providers.sqlite"
+    assert unblocked.failures == []
+
+    monkeypatch.setenv("DTIMEOUT_DISABLE_PLUGINS", "dtimeout.providers.sqlite")
+    builtin_blocked = Registry.from_plugin_manager(make_plugin_manager())
+    assert builtin_blocked.stores["sqlite"].plugin == "clash"
+    assert "sqlite" not in builtin_blocked.transports
 
 
 def test_a_plugin_whose_registration_hook_raises_is_a_failure_not_a_crash() -> None:
@@ -157,8 +215,10 @@ def test_registering_something_else_than_providerinfo_is_refused() -> None:
 
     pm = _only_memory()
     pm.register(Wrong(), name="wrong")
-    with pytest.raises(PluginError, match="'wrong' passed dict"):
-        Registry.from_plugin_manager(pm)
+    registry = Registry.from_plugin_manager(pm)
+    assert "memory" in registry.stores
+    [failure] = registry.failures
+    assert failure.name == "wrong" and "'wrong' passed dict" in failure.error
 
 
 def test_entry_point_plugin_records_distribution_and_version(fake_dist: FakeDist) -> None:
@@ -168,7 +228,7 @@ def test_entry_point_plugin_records_distribution_and_version(fake_dist: FakeDist
         {"fake": "dtimeout_fake_plugin"},
         {
             "dtimeout_fake_plugin": """
-            from dtimeout import ProviderInfo, hookimpl
+            from dtimeout import FakeClock, ProviderInfo, hookimpl
             from dtimeout.providers import memory
 
             @hookimpl
@@ -215,7 +275,7 @@ def test_entry_point_targeting_a_builtin_does_not_register_it_twice(fake_dist: F
 
 def test_two_distributions_using_one_plugin_name(fake_dist: FakeDist) -> None:
     source = """
-    from dtimeout import ProviderInfo, hookimpl
+    from dtimeout import FakeClock, ProviderInfo, hookimpl
     from dtimeout.providers import memory
 
     @hookimpl

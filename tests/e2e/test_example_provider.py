@@ -77,7 +77,8 @@ def test_providers_lists_the_installed_example(installed: Path, tmp_path: Path) 
         ("store", "dtimeout-example-provider", "0.1.0", "example"),
     }
     text = _run([sys.executable, "-m", "dtimeout", "providers"], cwd=tmp_path, env=_env(installed))
-    assert "example\ttransport\texample\tdtimeout-example-provider\t0.1.0" in text.stdout
+    row = "example\ttransport\texample\texample\tdtimeout-example-provider\t0.1.0"
+    assert row in text.stdout  # scheme, role, name, plugin, distribution, version
 
 
 def test_the_example_scheme_works(installed: Path, tmp_path: Path) -> None:

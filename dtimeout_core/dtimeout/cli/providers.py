@@ -1,7 +1,9 @@
 """``providers`` (what is installed) and ``check`` (can we reach what is configured).
 
 ``providers`` must work when a plugin is broken — that is when people run it — so it lists
-what loaded and names what did not, with the error, and still exits 0.
+what loaded and names what did not, with the error, and still exits 0. Two plugins claiming one
+scheme are listed the same way (the scheme is then served by neither). The ``plugin`` column is
+the name ``DTIMEOUT_DISABLE_PLUGINS`` takes.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def providers(
             e["scheme"],
             e["role"],
             e["name"],
+            e["plugin"] or "-",
             e["distribution"] or "-",
             e["version"] or "-",
             e["description"],
@@ -63,7 +66,9 @@ def providers(
         for e in entries
     ]
     render_table(
-        "providers", ["scheme", "role", "name", "distribution", "version", "description"], rows
+        "providers",
+        ["scheme", "role", "name", "plugin", "distribution", "version", "description"],
+        rows,
     )
     for failure in registry.failures:
         origin = f" ({failure.distribution})" if failure.distribution else ""

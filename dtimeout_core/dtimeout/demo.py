@@ -5,6 +5,13 @@
 same providers inside one process and then checks its own invariants: no duplicate fire, none
 lost, no fire for a timeout whose cancel answered ``cancelled``, none early, and the store
 agreeing with what the handlers saw. A demo that only printed numbers would prove nothing.
+
+A run can be stopped early through the ``stop`` event (the CLI sets it on SIGINT/SIGTERM): the
+producer stops at once (planned cancels are dropped too), the consumers finish what they hold,
+and the tally covers what happened so far — timeouts neither fired nor cancelled yet count as
+``unsettled``, not ``lost``. Every actor thread is joined (within ``SHUTDOWN_SECONDS``) before
+its providers are closed: closing SQLite connections under threads still using them, or letting
+the interpreter shut down around them, can crash the process.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from dtimeout.app import Timeouts
 from dtimeout.clock import to_ms
+from dtimeout.errors import DtimeoutError
 from dtimeout.model import CancelResult, DueTimeout, TimeoutState
 
 if TYPE_CHECKING:
@@ -30,6 +38,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEMO_KIND = "demo"
+SHUTDOWN_SECONDS = 10.0  # how long stopping may take before the demo gives up on its threads
+
+
+class DemoStuckError(DtimeoutError):
+    """Raised when actor threads did not stop within ``SHUTDOWN_SECONDS``; their providers are
+    left open (closing them under a running thread is what crashes), so the caller should end
+    the process."""
 
 
 def run_id() -> str:
@@ -88,10 +103,13 @@ class Producer:
         self.summary = ProduceSummary()
         self.done = threading.Event()
         self._stop = threading.Event()
+        self._drop_planned = False
         self._rng = random.Random(options.seed)
 
-    def stop(self) -> None:
-        """Stop scheduling; cancels already planned are still made (they are due soon)."""
+    def stop(self, *, finish_planned: bool = True) -> None:
+        """Stop scheduling. Cancels already planned are still made (they are due soon) unless
+        ``finish_planned`` is false — an interrupted demo stops at once."""
+        self._drop_planned = self._drop_planned or not finish_planned
         self._stop.set()
 
     def run(self) -> ProduceSummary:
@@ -103,6 +121,8 @@ class Producer:
         made = 0
         try:
             while True:
+                if self._drop_planned:
+                    return self.summary
                 now = time.monotonic()
                 while planned and planned[0][0] <= now:
                     _, _, key, due = heapq.heappop(planned)
@@ -179,6 +199,8 @@ class DemoTally:
     early: int = 0  # handler started before the due time
     cancelled_but_fired: int = 0  # cancel said ``cancelled`` and the handler ran anyway
     store_mismatches: int = 0  # the store's final state disagrees with what was observed
+    unsettled: int = 0  # stopped early: neither fired nor cancelled yet (not a failure)
+    interrupted: str | None = None  # why it stopped early (the signal's name), None: it did not
     lateness_p50_ms: float | None = None
     lateness_p99_ms: float | None = None
     elapsed_s: float = 0.0
@@ -242,10 +264,13 @@ def run_demo(
     open_timeouts: Callable[[], Timeouts],
     options: DemoOptions | None = None,
     on_progress: Callable[[DemoProgress], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> DemoTally:
     """Run the scenario and return the tally; ``open_timeouts`` gives one object per actor
-    (producer, each consumer) as separate processes would have."""
+    (producer, each consumer) as separate processes would have. Setting ``stop`` ends the run
+    early (from any thread); the tally then has ``interrupted`` set."""
     options = options or DemoOptions()
+    stop = stop if stop is not None else threading.Event()
     started = time.monotonic()
     observed = _Observed()
     prefix = f"{run_id()}-"
@@ -258,6 +283,7 @@ def run_demo(
         seed=options.seed,
     )
     actors: list[Timeouts] = []
+    threads_stopped = True
     try:
         producer_side = open_timeouts()
         actors.append(producer_side)
@@ -268,13 +294,20 @@ def run_demo(
             side.handler(DEMO_KIND)(observed.handler)
             consumers.append(side.consumer(concurrency=options.concurrency, wait_seconds=0.2))
         producer = Producer(producer_side, produce, observed.on_produce)
-        _drive(producer, consumers, observed, options, started, on_progress)
+        try:
+            _drive(producer, consumers, observed, options, started, on_progress, stop)
+        except DemoStuckError:
+            threads_stopped = False
+            raise
         if on_progress is not None:
             on_progress(observed.progress(options.count, started))
-        return _tally(observed, producer_side, time.monotonic() - started)
+        tally = _tally(observed, producer_side, time.monotonic() - started, stop.is_set())
+        tally.interrupted = "stopped" if stop.is_set() else None
+        return tally
     finally:
-        for actor in actors:
-            actor.close()
+        if threads_stopped:
+            for actor in actors:
+                actor.close()
 
 
 def _drive(
@@ -284,11 +317,13 @@ def _drive(
     options: DemoOptions,
     started: float,
     on_progress: Callable[[DemoProgress], None] | None,
+    stop: threading.Event,
 ) -> None:
-    """Run the actors' threads until every timeout settled (or the deadline), then stop them.
+    """Run the actors' threads until every timeout settled, the deadline passed or ``stop`` was
+    set; then stop them and join them all (bounded by ``SHUTDOWN_SECONDS``).
 
-    An exception in any actor stops the run and is re-raised here; so is Ctrl-C, after the
-    threads were told to stop."""
+    An exception in any actor stops the run and is re-raised here; so is Ctrl-C when no signal
+    handling is installed, after the threads were stopped and joined."""
     errors: list[BaseException] = []
 
     def guarded(fn: Callable[[], object]) -> Callable[[], None]:
@@ -309,7 +344,7 @@ def _drive(
         thread.start()
     try:
         deadline: float | None = None
-        while not errors:
+        while not errors and not stop.is_set():
             if on_progress is not None:
                 on_progress(observed.progress(options.count, started))
             if producer.done.is_set():
@@ -318,19 +353,27 @@ def _drive(
                     deadline = time.monotonic() + wait.total_seconds()
                 if observed.settled() or time.monotonic() >= deadline:
                     break
-            time.sleep(0.1)
-        time.sleep(0.3)  # a late duplicate would show up now, not after we stopped looking
+            stop.wait(0.1)
+        if not stop.is_set():
+            time.sleep(0.3)  # a late duplicate would show up now, not after we stopped looking
     finally:
-        producer.stop()
+        producer.stop(finish_planned=not stop.is_set())
         for consumer in consumers:
             consumer.stop()
+        end = time.monotonic() + SHUTDOWN_SECONDS
         for thread in threads:
-            thread.join(timeout=30)
+            thread.join(timeout=max(0.0, end - time.monotonic()))
+        stuck = [thread.name for thread in threads if thread.is_alive()]
+        if stuck:
+            raise DemoStuckError(
+                f"the demo's {', '.join(stuck)} thread(s) did not stop within "
+                f"{SHUTDOWN_SECONDS:g} s"
+            )
     if errors:
         raise errors[0]
 
 
-def _tally(observed: _Observed, timeouts: Timeouts, elapsed: float) -> DemoTally:
+def _tally(observed: _Observed, timeouts: Timeouts, elapsed: float, interrupted: bool) -> DemoTally:
     tally = DemoTally(elapsed_s=round(elapsed, 2))
     lateness: list[int] = []
     for key in sorted(observed.scheduled):
@@ -348,7 +391,10 @@ def _tally(observed: _Observed, timeouts: Timeouts, elapsed: float) -> DemoTally
             tally.early += sum(1 for started, due in runs if started < due)
             lateness.append(runs[0][0] - runs[0][1])
         elif answer is not CancelResult.CANCELLED:
-            tally.lost += 1
+            if interrupted:
+                tally.unsettled += 1  # it may still fire: nobody waited for it
+            else:
+                tally.lost += 1
         record = timeouts.status(DEMO_KIND, key)
         expected = TimeoutState.CANCELLED if answer is CancelResult.CANCELLED else None
         if runs:

@@ -16,7 +16,7 @@ from typing import Annotated
 import pluggy
 import typer
 
-from dtimeout.cli import errors
+from dtimeout.cli import errors, help
 from dtimeout.cli.context import CliState
 from dtimeout.plugins import make_plugin_manager
 
@@ -53,6 +53,7 @@ def make_app(plugin_manager: pluggy.PluginManager | None = None) -> typer.Typer:
     pm = plugin_manager if plugin_manager is not None else make_plugin_manager()
     app = typer.Typer(
         name="dtimeout",
+        cls=help.Group,
         help=HELP,
         no_args_is_help=True,
         add_completion=False,
@@ -101,6 +102,7 @@ def make_app(plugin_manager: pluggy.PluginManager | None = None) -> typer.Typer:
             continue
         module.register(app)
     _plugin_commands(pm, app)
+    help.apply(app)
     return app
 
 
@@ -119,10 +121,21 @@ def _plugin_commands(pm: pluggy.PluginManager, app: typer.Typer) -> None:
             )
 
 
+class _LogFormat(logging.Formatter):
+    """``dtimeout: warning: …`` — log lines in the shape of the CLI's own error lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"{errors.PROG}: {record.levelname.lower()}: {text}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (the console script passes it to ``sys.exit``)."""
-    logging.basicConfig(format="dtimeout: %(levelname)s: %(message)s")
     root = logging.getLogger()
+    if not root.handlers:  # what logging.basicConfig() checks; an embedding app keeps its own
+        handler = logging.StreamHandler()
+        handler.setFormatter(_LogFormat("%(message)s"))
+        root.addHandler(handler)
     level = root.level
     try:
         command = typer.main.get_command(make_app())

@@ -3,10 +3,12 @@ providers (see ``dtimeout.bench`` for what each phase measures)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
 
+from dtimeout.cli import params
 from dtimeout.cli.context import echo, get_state, print_json
 from dtimeout.registry import mask_url
 
@@ -23,8 +25,24 @@ def bench(
     single: Annotated[int, typer.Option(help="Single schedule() calls.")] = 2_000,
     batch: Annotated[int, typer.Option(help="Items per schedule_many/cancel_many.")] = 1_000,
     rate: Annotated[float, typer.Option(help="Offered timeouts/s in the lateness phase.")] = 5_000,
-    duration: Annotated[float, typer.Option(help="Seconds of offered load.")] = 10.0,
-    delay: Annotated[float, typer.Option(help="Seconds from schedule to due (lateness).")] = 1.0,
+    duration: Annotated[
+        timedelta,
+        typer.Option(
+            parser=params.duration,
+            metavar="DURATION",
+            show_default="10s",
+            help="Offered load for this long (10s, 1m; a bare number is seconds).",
+        ),
+    ] = timedelta(seconds=10),
+    delay: Annotated[
+        timedelta,
+        typer.Option(
+            parser=params.duration,
+            metavar="DURATION",
+            show_default="1s",
+            help="From schedule to due in the lateness phase (500ms, 2s).",
+        ),
+    ] = timedelta(seconds=1),
     pending: Annotated[
         int, typer.Option(help="Far-future timeouts parked while the consumer runs.")
     ] = 0,
@@ -47,7 +65,7 @@ def bench(
     for name, value in (("count", count), ("single", single), ("batch", batch)):
         if value < 1:
             raise ValidationError(f"--{name} must be at least 1")
-    if rate <= 0 or duration <= 0 or delay < 0 or pending < 0 or concurrency < 1 or batch_size < 1:
+    if rate <= 0 or duration <= timedelta(0) or pending < 0 or concurrency < 1 or batch_size < 1:
         raise ValidationError("--rate, --duration, --concurrency and --batch-size must be positive")
     settings = get_state(ctx).settings
     options = BenchOptions(
@@ -57,8 +75,8 @@ def bench(
         single=single,
         batch=batch,
         rate=rate,
-        duration=duration,
-        delay=delay,
+        duration=duration.total_seconds(),
+        delay=delay.total_seconds(),
         pending=pending,
         concurrency=concurrency,
         batch_size=batch_size,

@@ -4,13 +4,20 @@ By default it runs on a fresh SQLite file under ``./.dtimeout/`` (removed afterw
 ``--keep-db``) so it never writes into the user's real database; a configured transport or
 store is used as configured. The verdict is real: the demo exits 1 when it saw a duplicate, a
 lost timeout, an early fire or a fire after a successful cancel.
+
+SIGINT/SIGTERM stop it early and cleanly: producer and consumers stop and are joined, the tally
+so far is printed (verdict ``INTERRUPTED``), the throwaway database and its ``-wal``/``-shm`` are
+removed, and the exit code is 130 (SIGINT) or 143 (SIGTERM). Signals during that shutdown are
+ignored for ``SHUTDOWN_SECONDS``; one after that forces quit (files still removed).
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
@@ -20,10 +27,20 @@ import typer
 from dtimeout.app import Timeouts
 from dtimeout.cli import params
 from dtimeout.cli.context import CliState, echo, get_state, print_json
-from dtimeout.cli.errors import CommandFailed
-from dtimeout.demo import DemoOptions, DemoProgress, DemoTally, run_demo, run_id
+from dtimeout.cli.errors import CommandFailed, report
+from dtimeout.cli.signals import StopOnSignal, exit_code_for
+from dtimeout.demo import (
+    SHUTDOWN_SECONDS,
+    DemoOptions,
+    DemoProgress,
+    DemoStuckError,
+    DemoTally,
+    run_demo,
+    run_id,
+)
 from dtimeout.durations import format_duration
 from dtimeout.registry import mask_url, scheme_of
+from dtimeout.retries import RetryPolicy
 
 DEMO_DIR = Path(".dtimeout")
 
@@ -83,34 +100,64 @@ def demo(
         concurrency=concurrency,
         seed=seed,
     )
-    with _providers(state, keep_db) as (transport, store):
+    transport, store, db = _providers(state)
 
-        def open_timeouts() -> Timeouts:
-            return state.open_timeouts(transport, store)
+    def remove_db() -> None:
+        if db is not None and not keep_db:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
 
+    def open_timeouts() -> Timeouts:
+        # Its own long-running actors: the full retry policy, warnings at the configured level.
+        return state.open_timeouts(transport, store, one_shot=False, retry=RetryPolicy())
+
+    stop = threading.Event()
+    guard = StopOnSignal(
+        stop.set,
+        "stopping the demo; the tally so far follows",
+        grace=SHUTDOWN_SECONDS,
+        on_force=remove_db,
+    )
+    # The guard stays until the tally is out and the files are gone: a repeated signal must not
+    # cut the shutdown short (it used to, leaving threads inside SQLite as the process died).
+    with guard:
+        try:
+            if as_json:
+                tally = run_demo(open_timeouts, options, stop=stop)
+            else:
+                echo(
+                    f"demo: {count} timeouts due {format_duration(delay)} after scheduling, "
+                    f"{complete_ratio:.0%} cancelled before due, {consumers} consumer(s) x "
+                    f"{concurrency} thread(s)"
+                )
+                echo(f"transport {mask_url(transport)}  store {mask_url(store)}")
+                tally = _run_with_display(open_timeouts, options, stop)
+        except DemoStuckError as exc:
+            # Threads are still inside the providers: a normal interpreter exit around them can
+            # crash. Report, clean up, and end the process here.
+            remove_db()
+            code = report(exc)
+            sys.stdout.flush()
+            os._exit(exit_code_for(guard.signum) if guard.signum is not None else code)
+        finally:
+            remove_db()
+        if guard.stopped_by is not None:
+            tally.interrupted = guard.stopped_by
         if as_json:
-            tally = run_demo(open_timeouts, options)
+            data = tally.as_dict()
+            data.update(transport=mask_url(transport), store=mask_url(store))
+            print_json(data)
         else:
-            echo(
-                f"demo: {count} timeouts due {format_duration(delay)} after scheduling, "
-                f"{complete_ratio:.0%} cancelled before due, {consumers} consumer(s) x "
-                f"{concurrency} thread(s)"
-            )
-            echo(f"transport {mask_url(transport)}  store {mask_url(store)}")
-            tally = _run_with_display(open_timeouts, options)
-    if as_json:
-        data = tally.as_dict()
-        data.update(transport=mask_url(transport), store=mask_url(store))
-        print_json(data)
-    else:
-        _print_tally(tally)
+            _print_tally(tally)
+    if guard.signum is not None:
+        raise typer.Exit(exit_code_for(guard.signum))
     if not tally.ok:
         raise CommandFailed(f"the demo failed its own checks: {', '.join(tally.problems())}")
 
 
-@contextmanager
-def _providers(state: CliState, keep_db: bool) -> Iterator[tuple[str, str]]:
-    """The URLs to use: configured ones as they are, defaults replaced by a fresh file."""
+def _providers(state: CliState) -> tuple[str, str, Path | None]:
+    """The URLs to use — configured ones as they are, defaults replaced by a fresh file — and
+    that fresh file (``None`` when nothing is the default)."""
     settings = state.settings
     rid = run_id()
     db = DEMO_DIR / f"demo-{rid}.db"
@@ -125,19 +172,15 @@ def _providers(state: CliState, keep_db: bool) -> Iterator[tuple[str, str]]:
         scheme_of(url)
         urls.append(url)
     transport, store = urls
-    if fresh in urls:
-        DEMO_DIR.mkdir(parents=True, exist_ok=True)
-    try:
-        yield transport, store
-    finally:
-        if fresh in urls and not keep_db:
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                Path(f"{db}{suffix}").unlink(missing_ok=True)
+    if fresh not in urls:
+        return transport, store, None
+    DEMO_DIR.mkdir(parents=True, exist_ok=True)
+    return transport, store, db
 
 
-def _run_with_display(open_timeouts: Callable[[], Timeouts], options: DemoOptions) -> DemoTally:
-    import sys
-
+def _run_with_display(
+    open_timeouts: Callable[[], Timeouts], options: DemoOptions, stop: threading.Event
+) -> DemoTally:
     if not sys.stdout.isatty():
         last = [0.0]
 
@@ -150,7 +193,7 @@ def _run_with_display(open_timeouts: Callable[[], Timeouts], options: DemoOption
                     f"cancelled {p.cancelled}  fired {p.fired}  too late {p.too_late}"
                 )
 
-        return run_demo(open_timeouts, options, plain)
+        return run_demo(open_timeouts, options, plain, stop)
 
     from rich.progress import (
         BarColumn,
@@ -178,11 +221,18 @@ def _run_with_display(open_timeouts: Callable[[], Timeouts], options: DemoOption
                 detail=f"cancelled {p.cancelled}  fired {p.fired}  too late {p.too_late}",
             )
 
-        return run_demo(open_timeouts, options, live)
+        return run_demo(open_timeouts, options, live, stop)
 
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} ms"
+
+
+def _verdict(tally: DemoTally) -> str:
+    if tally.interrupted is None:
+        return "OK" if tally.ok else "FAILED"
+    checks = "checks OK so far" if tally.ok else f"FAILED: {', '.join(tally.problems())}"
+    return f"INTERRUPTED by {tally.interrupted} ({checks})"
 
 
 def _print_tally(tally: DemoTally) -> None:
@@ -196,12 +246,12 @@ def _print_tally(tally: DemoTally) -> None:
         ("fired early", str(tally.early)),
         ("fired after a successful cancel", str(tally.cancelled_but_fired)),
         ("store disagrees", str(tally.store_mismatches)),
+        *([("unsettled when stopped", str(tally.unsettled))] if tally.interrupted else []),
         ("fire lateness p50", _ms(tally.lateness_p50_ms)),
         ("fire lateness p99", _ms(tally.lateness_p99_ms)),
         ("elapsed", f"{tally.elapsed_s:.1f} s"),
-        ("verdict", "OK" if tally.ok else "FAILED"),
+        ("verdict", _verdict(tally)),
     ]
-    import sys
 
     if sys.stdout.isatty():
         from rich.console import Console

@@ -1,9 +1,14 @@
 """The one place where failures become an exit code and one line on stderr.
 
-Exit codes (DESIGN §6): 0 ok, 1 runtime failure, 2 bad usage or configuration. Nothing prints a
-traceback unless ``DTIMEOUT_DEBUG=1`` is set: a user who typed a bad duration needs the line
-that names it, not forty lines of frames. Commands raise; they never call ``sys.exit`` with a
-message of their own.
+Exit codes (DESIGN §6): 0 ok, 1 runtime failure, 2 bad usage or configuration; 130/143 when a
+long-running command was stopped by SIGINT/SIGTERM in a way that is not its normal end (see
+``dtimeout.cli.signals``). Nothing prints a traceback unless ``DTIMEOUT_DEBUG=1`` is set: a user
+who typed a bad duration needs the line that names it, not forty lines of frames. Commands
+raise; they never call ``sys.exit`` with a message of their own.
+
+Every failure line has one shape, ``dtimeout: error: <what is wrong>`` — usage errors from
+Typer/Click included (they end with the ``--help`` to read), so scripts and people look for one
+prefix. Warnings use ``dtimeout: warning: …``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dtimeout.errors import ConfigurationError, DtimeoutError
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # SIGINT; SIGTERM gives 143 (128 + the signal number)
 
 PROG = "dtimeout"
 
@@ -66,21 +71,22 @@ def exit_code_for(exc: BaseException) -> int:
 
 def message_for(exc: BaseException) -> str:
     """The one line shown for ``exc``."""
+    prefix = f"{PROG}: error:"
     if isinstance(exc, typer.TyperException):
         ctx = _usage_context(exc)
         if ctx is not None:
             path = ctx.command_path
-            return f"{path}: {one_line(exc.format_message())} (see '{path} --help')"
-        return f"{PROG}: {one_line(exc.format_message())}"
+            return f"{prefix} {one_line(exc.format_message())} (see '{path} --help')"
+        return f"{prefix} {one_line(exc.format_message())}"
     if isinstance(exc, KeyboardInterrupt):
-        return f"{PROG}: interrupted"
+        return f"{prefix} interrupted"
     if isinstance(exc, typer.Abort):
-        return f"{PROG}: aborted"
+        return f"{prefix} aborted"
     if isinstance(exc, DtimeoutError):
-        return f"{PROG}: error: {one_line(str(exc))}"
+        return f"{prefix} {one_line(str(exc))}"
     text = one_line(str(exc))
     detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return f"{PROG}: internal error: {detail} (set DTIMEOUT_DEBUG=1 for the traceback)"
+    return f"{prefix} internal error: {detail} (set DTIMEOUT_DEBUG=1 for the traceback)"
 
 
 def report(exc: BaseException, stream: TextIO | None = None) -> int:

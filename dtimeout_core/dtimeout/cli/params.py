@@ -9,7 +9,9 @@ would prefix it with its own wording; ``BadParameter`` keeps the line exactly ou
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -50,13 +52,35 @@ def aware_datetime(value: str | datetime) -> datetime:
 
 
 def json_value(value: Any) -> Any:
-    """A JSON document; a bad one is a usage error with the JSON parser's reason."""
+    """A JSON document; a bad one is a usage error with the JSON parser's reason.
+
+    ``@path`` reads the document from a file and ``@-`` from standard input, like curl's
+    ``--data @file``: payloads too large for a command line (or holding quotes a shell would
+    mangle) still get in. No JSON document starts with ``@``, so the two never clash.
+    """
     if not isinstance(value, str):
         return value
+    source = ""
+    if value.startswith("@"):
+        source = f" in {'standard input' if value == '@-' else repr(value[1:])}"
+        value = _read_document(value[1:])
     try:
         return json.loads(value)
     except ValueError as exc:
-        raise typer.BadParameter(f"not valid JSON ({exc})") from None
+        raise typer.BadParameter(f"not valid JSON{source} ({exc})") from None
+
+
+def _read_document(name: str) -> str:
+    try:
+        if name == "-":
+            return sys.stdin.read()
+        if not name:
+            raise typer.BadParameter("'@' needs a file name (@payload.json) or - for stdin")
+        return Path(name).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise typer.BadParameter(f"{name!r} is not UTF-8 text") from None
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {name!r}: {exc.strerror or exc}") from None
 
 
 def state(value: str, ctx: typer.Context) -> TimeoutState:

@@ -7,38 +7,50 @@ Global ``--transport``/``--store`` therefore cannot apply to it, and combining t
 app's author chose.
 
 SIGINT/SIGTERM stop a consumer gracefully: no new receive, in-flight handlers finish and are
-settled, exit 0. A second signal aborts at once (exit 130); leases then expire and another
-consumer takes the work over.
+settled, exit 0. Repeats in the next seconds are ignored (GNU ``timeout`` signals the process and
+then its group); a signal after that forces quit with 128 + the signal number — see
+:mod:`dtimeout.cli.signals`. Leases of abandoned work expire and another consumer takes it over.
+
+``--orphans fire|drop`` is the one consume-time policy the command line may set on the app's
+object: it decides what this consumer does with messages whose record is gone.
 """
 
 from __future__ import annotations
 
 import importlib
-import signal
 import sys
 import threading
-from collections.abc import Callable
 from datetime import timedelta
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
 
 from dtimeout.app import Timeouts
-from dtimeout.cli import params
+from dtimeout.cli import help, params
 from dtimeout.cli.context import echo, get_state, print_json
 from dtimeout.cli.errors import one_line
+from dtimeout.cli.signals import StopOnSignal
 from dtimeout.consumer import ConsumerStats
-from dtimeout.demo import DEMO_KIND, ProduceEvent, ProduceOptions, Producer, run_id
+from dtimeout.demo import (
+    DEMO_KIND,
+    ProduceEvent,
+    ProduceOptions,
+    Producer,
+    ProduceSummary,
+    run_id,
+)
 from dtimeout.durations import format_duration
 from dtimeout.errors import ConfigurationError, DtimeoutError
 from dtimeout.hookspecs import hookimpl
-from dtimeout.model import DueTimeout
+from dtimeout.model import DueTimeout, OrphanPolicy
+from dtimeout.retries import RetryPolicy
 
 
 def register(app: typer.Typer) -> None:
     run_app = typer.Typer(
-        help="Long-running consumer and producer processes.", no_args_is_help=True
+        cls=help.Group,
+        help="Long-running consumer and producer processes.",
+        no_args_is_help=True,
     )
     run_app.command("consume")(consume)
     run_app.command("produce")(produce)
@@ -49,70 +61,40 @@ def register(app: typer.Typer) -> None:
 # helpers
 
 
-def load_app(spec: str) -> Timeouts:
+def load_app(spec: str, source: str = "--app") -> Timeouts:
     """Import ``module:attr`` (``attr`` may be dotted) and return the ``Timeouts`` it names.
 
     A callable that is not a ``Timeouts`` is treated as a factory and called with no arguments.
-    The current directory is importable, as with ``python -m``.
+    The current directory is importable, as with ``python -m``. ``source`` is where the spec came
+    from (``--app``, ``DTIMEOUT_APP``, a config file key), so an error names what to fix.
     """
+    where = f"{source} {spec!r}"
     module_name, _, attr_path = spec.partition(":")
     if not module_name or not attr_path:
-        raise ConfigurationError(f"--app {spec!r}: expected module:attribute")
+        raise ConfigurationError(f"{where}: expected module:attribute")
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")
     try:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise ConfigurationError(f"--app {spec!r}: no module named {exc.name!r}") from exc
-        raise DtimeoutError(f"--app {spec!r}: importing {module_name} failed: {exc}") from exc
+            raise ConfigurationError(f"{where}: no module named {exc.name!r}") from exc
+        raise DtimeoutError(f"{where}: importing {module_name} failed: {exc}") from exc
     except DtimeoutError:
         raise
     except Exception as exc:
         raise DtimeoutError(
-            f"--app {spec!r}: importing {module_name} raised {type(exc).__name__}: {exc}"
+            f"{where}: importing {module_name} raised {type(exc).__name__}: {exc}"
         ) from exc
     for part in attr_path.split("."):
         if not hasattr(obj, part):
-            raise ConfigurationError(f"--app {spec!r}: {module_name} has no attribute {part!r}")
+            raise ConfigurationError(f"{where}: {module_name} has no attribute {part!r}")
         obj = getattr(obj, part)
     if not isinstance(obj, Timeouts) and callable(obj):
         obj = obj()
     if not isinstance(obj, Timeouts):
-        raise ConfigurationError(
-            f"--app {spec!r} is a {type(obj).__name__}, not a dtimeout.Timeouts"
-        )
+        raise ConfigurationError(f"{where} is a {type(obj).__name__}, not a dtimeout.Timeouts")
     return obj
-
-
-def install_stop_handlers(stop: Callable[[], None], what: str) -> Callable[[], None]:
-    """SIGINT/SIGTERM call ``stop`` once, then abort; returns a function restoring the old
-    handlers. Does nothing off the main thread (Python only delivers signals there)."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    signals = [signal.SIGINT, signal.SIGTERM]
-    previous = {s: signal.getsignal(s) for s in signals}
-    received: list[int] = []
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        if received:
-            raise KeyboardInterrupt
-        received.append(signum)
-        print(
-            f"dtimeout: {signal.Signals(signum).name}: {what} (again to abort)",
-            file=sys.stderr,
-            flush=True,
-        )
-        stop()
-
-    for s in signals:
-        signal.signal(s, handle)
-
-    def restore() -> None:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-    return restore
 
 
 class _EventPrinter:
@@ -198,6 +180,15 @@ def consume(
             help="Idle time for --burst.",
         ),
     ] = timedelta(seconds=2),
+    orphans: Annotated[
+        OrphanPolicy | None,
+        typer.Option(
+            "--orphans",
+            case_sensitive=False,
+            help="A message whose record is gone: fire it (default) or drop it (env "
+            "DTIMEOUT_ORPHANS; on the command line it overrides the app's own choice).",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as JSON (no event lines).")
@@ -212,16 +203,24 @@ def consume(
             ctx=ctx,
             param_hint=["--transport", "--store"],
         )
-    settings = state.settings_with(app=app_spec, concurrency=concurrency, batch_size=batch_size)
+    settings = state.settings_with(
+        app=app_spec, concurrency=concurrency, batch_size=batch_size, orphans=orphans
+    )
     if settings.app is None:
         raise typer.BadParameter(
             "missing: name a Timeouts object with handlers as MODULE:ATTR (or set DTIMEOUT_APP)",
             ctx=ctx,
             param_hint=["--app"],
         )
-    timeouts = load_app(settings.app)
+    app_source = settings.source_of("app")
+    timeouts = load_app(settings.app, app_source)
     if not timeouts.handlers:
-        raise ConfigurationError(f"--app {settings.app!r} has no handlers registered")
+        raise ConfigurationError(f"{app_source} {settings.app!r} has no handlers registered")
+    if orphans is not None:
+        # The app built its Timeouts (and its orphan policy) itself; an explicit option is the
+        # operator's decision for this consumer, so it wins. DTIMEOUT_ORPHANS and the config
+        # file already reached an app built with Timeouts() from configuration.
+        timeouts.orphans = settings.orphans
     consumer = timeouts.consumer(
         concurrency=settings.concurrency,
         batch_size=settings.batch_size,
@@ -231,31 +230,36 @@ def consume(
     pm = timeouts.plugin_manager
     if printer is not None:
         pm.register(printer, name=f"dtimeout-cli-printer-{id(printer)}")
-    restore = install_stop_handlers(consumer.stop, "finishing in-flight handlers")
     if not (quiet or as_json):
         kinds = ", ".join(sorted(timeouts.handlers))
         echo(
-            f"consuming {kinds} with {settings.concurrency} worker(s); "
-            "Ctrl-C or SIGTERM stops gracefully"
+            f"consuming {kinds} with {settings.concurrency} worker(s), orphans "
+            f"{timeouts.orphans.value}; Ctrl-C or SIGTERM stops gracefully"
         )
-    try:
-        if once:
-            consumer.run_once()
-            consumer.drain()
-        elif burst:
-            consumer.run(max_idle_seconds=idle.total_seconds())
-        else:
-            consumer.run()
-    finally:
-        restore()
-        if printer is not None:
-            pm.unregister(printer)
-        timeouts.close()
-    summary = summarize(consumer.stats)
+    # The guard stays installed until the summary is out: a repeated signal arriving while the
+    # consumer settles its last handlers must not cut the summary off.
+    with StopOnSignal(consumer.stop, "finishing in-flight handlers"):
+        try:
+            if once:
+                consumer.run_once()
+                consumer.drain()
+            elif burst:
+                consumer.run(max_idle_seconds=idle.total_seconds())
+            else:
+                consumer.run()
+        finally:
+            if printer is not None:
+                pm.unregister(printer)
+            timeouts.close()
+        _print_consume_summary(consumer.stats, as_json)
+
+
+def _print_consume_summary(stats: ConsumerStats, as_json: bool) -> None:
+    summary = summarize(stats)
     if as_json:
         print_json(summary)
         return
-    drops = ", ".join(f"{k} {v}" for k, v in sorted(consumer.stats.dropped.items()))
+    drops = ", ".join(f"{k} {v}" for k, v in sorted(stats.dropped.items()))
     lateness = (
         f"; lateness p50 {summary['lateness_p50_ms']} ms, p99 {summary['lateness_p99_ms']} ms"
         if summary["lateness_p50_ms"] is not None
@@ -329,13 +333,15 @@ def produce(
             assert event.result is not None
             echo(f"completed {event.kind}:{event.key}: cancel answered {event.result.value}")
 
-    with get_state(ctx).open_timeouts() as timeouts:
+    # A long-running process: it rides out provider outages with the full retry policy.
+    with get_state(ctx).open_timeouts(retry=RetryPolicy(), one_shot=False) as timeouts:
         producer = Producer(timeouts, options, show)
-        restore = install_stop_handlers(producer.stop, "no new timeouts; finishing planned cancels")
-        try:
+        with StopOnSignal(producer.stop, "no new timeouts; finishing planned cancels"):
             summary = producer.run()
-        finally:
-            restore()
+            _print_produce_summary(summary, as_json)
+
+
+def _print_produce_summary(summary: ProduceSummary, as_json: bool) -> None:
     if as_json:
         print_json({"scheduled": summary.scheduled, "completed": summary.completions})
         return

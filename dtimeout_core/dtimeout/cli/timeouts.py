@@ -2,7 +2,8 @@
 
 Input is validated through Typer's ``parser=`` (``dtimeout.cli.params``: durations, aware
 date-times, JSON), so a typo is a usage error (exit 2) naming the option before anything
-connects.
+connects. These are one-shot commands: they use the short retry policy (see
+``dtimeout.cli.context``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from dtimeout.cli.context import echo, get_state, print_json, render_table
 from dtimeout.cli.errors import CommandFailed
 from dtimeout.durations import format_duration
 from dtimeout.model import Timeout, TimeoutState
+
+KIND = Annotated[str, typer.Argument(metavar="KIND", help="Handler name, e.g. payment.")]
+KEY = Annotated[str, typer.Argument(metavar="KEY", help="Your id, e.g. order-42.")]
 
 
 def describe(t: Timeout) -> str:
@@ -37,8 +41,8 @@ def register(app: typer.Typer) -> None:
 
 def schedule(
     ctx: typer.Context,
-    kind: Annotated[str, typer.Argument(help="Handler name, e.g. payment.")],
-    key: Annotated[str, typer.Argument(help="Your id, e.g. order-42.")],
+    kind: KIND,
+    key: KEY,
     in_: Annotated[
         timedelta | None,
         typer.Option(
@@ -59,7 +63,12 @@ def schedule(
     ] = None,
     payload: Annotated[
         Any,
-        typer.Option("--payload", parser=params.json_value, metavar="JSON", help="Payload (JSON)."),
+        typer.Option(
+            "--payload",
+            parser=params.json_value,
+            metavar="JSON",
+            help="Payload: a JSON document, @FILE to read it from a file, @- from stdin.",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
 ) -> None:
@@ -77,8 +86,8 @@ def schedule(
 
 def cancel(
     ctx: typer.Context,
-    kind: Annotated[str, typer.Argument()],
-    key: Annotated[str, typer.Argument()],
+    kind: KIND,
+    key: KEY,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
 ) -> None:
     """Cancel KIND KEY (the complementary action).
@@ -96,8 +105,8 @@ def cancel(
 
 def status(
     ctx: typer.Context,
-    kind: Annotated[str, typer.Argument()],
-    key: Annotated[str, typer.Argument()],
+    kind: KIND,
+    key: KEY,
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
 ) -> None:
     """Show the record of KIND KEY; exit 1 when there is none."""
@@ -115,22 +124,33 @@ def status(
 
 def list_timeouts(
     ctx: typer.Context,
-    state: Annotated[
-        str | None,
+    states: Annotated[
+        list[str] | None,
         typer.Option(
             "--state",
             metavar="STATE",
-            help="Only this state: pending, firing, fired, cancelled or dead.",
+            help="Only this state: pending, firing, fired, cancelled or dead; repeat the "
+            "option for several.",
         ),
     ] = None,
-    kind: Annotated[str | None, typer.Option("--kind", help="Only this kind.")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 100,
+    kind: Annotated[
+        str | None, typer.Option("--kind", metavar="KIND", help="Only this kind.")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", metavar="N", min=1, help="At most this many.")
+    ] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="Print records as JSON.")] = False,
 ) -> None:
     """List timeouts ordered by due time."""
-    wanted = params.state(state, ctx) if state is not None else None
+    wanted: list[TimeoutState | None] = [None]
+    if states:
+        wanted = list(dict.fromkeys(params.state(s, ctx) for s in states))
     with get_state(ctx).open_timeouts() as timeouts:
-        records = timeouts.list(state=wanted, kind=kind, limit=limit)
+        # The store answers one state per query. The first --limit of each, merged by due
+        # time, are the first --limit of all of them.
+        records = [r for st in wanted for r in timeouts.list(state=st, kind=kind, limit=limit)]
+    if len(wanted) > 1:
+        records = sorted(records, key=lambda r: r.due_at_ms)[:limit]
     if as_json:
         print_json([r.to_dict() for r in records])
         return
@@ -147,5 +167,8 @@ def list_timeouts(
         for r in records
     ]
     render_table(
-        "timeouts", ["kind", "key", "state", "generation", "due", "attempts", "reason"], rows
+        "timeouts",
+        ["kind", "key", "state", "generation", "due", "attempts", "reason"],
+        rows,
+        whole=("due", "state"),
     )

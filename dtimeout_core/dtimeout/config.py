@@ -11,6 +11,11 @@ The layers, lowest first:
 Every value is parsed and checked here, once, so a typo is caught before anything connects:
 ``ConfigurationError`` names the source (``DTIMEOUT_LEASE``, ``dtimeout.toml``, ``--lease``) and
 the key. :attr:`Settings.sources` remembers where each value came from, for ``dtimeout check``.
+
+A misspelled variable (``DTIMEOUT_TRANSPRT``) would otherwise be silently ignored and the default
+used; :func:`misspelled_env_vars` finds the ones that are close to a name we know, so the CLI
+can warn with a did-you-mean. Unknown names close to nothing are left alone: providers from
+other distributions may read ``DTIMEOUT_<THEIR_OWN>`` variables.
 """
 
 from __future__ import annotations
@@ -33,6 +38,18 @@ DEFAULT_URL = "sqlite:///./.dtimeout/dtimeout.db"
 ENV_PREFIX = "DTIMEOUT_"
 CONFIG_FILE = "dtimeout.toml"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+# ``DTIMEOUT_*`` variables that are not settings but are read by name somewhere: the CLI, the
+# plugin manager, the built-in and first-party providers, the test suite's live runs.
+OTHER_ENV_VARS: tuple[str, ...] = (
+    "DTIMEOUT_CONFIG",
+    "DTIMEOUT_DEBUG",
+    "DTIMEOUT_DISABLE_PLUGINS",
+    "DTIMEOUT_REDIS_PASSWORD",
+    "DTIMEOUT_AZURE_CONNECTION_STRING",
+    "DTIMEOUT_AZURE_QUEUE",
+    "DTIMEOUT_AZURE_LOCK_SECONDS",
+)
 
 
 @dataclass(frozen=True)
@@ -151,6 +168,26 @@ def env_var(key: str) -> str:
     return ENV_PREFIX + key.upper()
 
 
+def known_env_vars() -> tuple[str, ...]:
+    """Every ``DTIMEOUT_*`` variable dtimeout reads: one per setting, plus the others."""
+    return tuple(env_var(k) for k in KEYS) + OTHER_ENV_VARS
+
+
+def misspelled_env_vars(environ: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """``(name, suggestion)`` for each set ``DTIMEOUT_*`` variable we do not know that is close
+    to one we do (``DTIMEOUT_TRANSPRT`` → ``DTIMEOUT_TRANSPORT``), sorted by name."""
+    env = os.environ if environ is None else environ
+    known = known_env_vars()
+    found = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        if close:
+            found.append((name, close[0]))
+    return found
+
+
 def load_settings(
     *,
     cwd: Path | str | None = None,
@@ -209,6 +246,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"{path}: not valid TOML/UTF-8: byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start} is not UTF-8 (TOML files are UTF-8)"
+        ) from None
     except OSError as exc:
         raise ConfigurationError(f"{path}: cannot be read: {exc.strerror}") from None
 

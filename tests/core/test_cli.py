@@ -67,6 +67,7 @@ def assert_usage_error(result: Result, *fragments: str) -> None:
     assert result.code == 2, result
     lines = result.err.strip().splitlines()
     assert len(lines) == 1, result.err
+    assert lines[0].startswith("dtimeout: error: "), lines[0]
     assert "Traceback" not in result.err
     for fragment in fragments:
         assert fragment in lines[0]
@@ -175,8 +176,9 @@ def test_providers_lists_builtins_with_distribution_and_version(cli: Run) -> Non
             assert entry["distribution"] == "dtimeout"
             assert entry["version"] == dtimeout.__version__
     text = cli("providers").out.splitlines()
-    assert text[0].split("\t")[:5] == ["scheme", "role", "name", "distribution", "version"]
-    row = f"sqlite\tstore\tsqlite\tdtimeout\t{dtimeout.__version__}\t"
+    header = ["scheme", "role", "name", "plugin", "distribution", "version", "description"]
+    assert text[0].split("\t") == header
+    row = f"sqlite\tstore\tsqlite\tdtimeout.providers.sqlite\tdtimeout\t{dtimeout.__version__}\t"
     assert any(line.startswith(row) for line in text)
 
 
@@ -238,7 +240,7 @@ def test_python_dash_m_works_like_the_command(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        "dtimeout schedule: Invalid value for '--in': 'soon' is not a duration "
+        "dtimeout: error: Invalid value for '--in': 'soon' is not a duration "
         "(use 500ms, 6s, 15m, 2h, 1d, 1m30s or a number of seconds) "
         "(see 'dtimeout schedule --help')"
     ]
@@ -459,5 +461,6 @@ def test_internal_errors_are_one_line_too(cli: Run, monkeypatch: pytest.MonkeyPa
     )
     assert result.code == 1
     assert result.err.strip().splitlines() == [
-        "dtimeout: internal error: KeyError: 'surprise' (set DTIMEOUT_DEBUG=1 for the traceback)"
+        "dtimeout: error: internal error: KeyError: 'surprise' "
+        "(set DTIMEOUT_DEBUG=1 for the traceback)"
     ]

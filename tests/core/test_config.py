@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from dtimeout.config import DEFAULT_URL, Settings, load_settings
+from dtimeout.config import (
+    DEFAULT_URL,
+    Settings,
+    known_env_vars,
+    load_settings,
+    misspelled_env_vars,
+)
 from dtimeout.errors import ConfigurationError
 from dtimeout.model import OrphanPolicy
 
@@ -142,3 +148,32 @@ def test_reads_the_process_environment_by_default(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DTIMEOUT_STORE", "memory://from-env")
     assert load_settings().store == "memory://from-env"
+
+
+@pytest.mark.parametrize("where", ["dtimeout.toml", "pyproject.toml"])
+def test_a_file_that_is_not_utf8_names_the_file(tmp_path: Path, where: str) -> None:
+    (tmp_path / where).write_bytes(b"[tool.dtimeout]\ntransport = 'caf\xe9'\n")
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(cwd=tmp_path, environ={})
+    message = str(info.value)
+    assert message.startswith(str(tmp_path / where))
+    assert "not valid TOML/UTF-8" in message and "0xe9" in message
+    assert "\n" not in message
+
+
+def test_misspelled_environment_variables_are_found_with_a_suggestion() -> None:
+    environ = {
+        "DTIMEOUT_TRANSPRT": "memory://",
+        "DTIMEOUT_MAX_ATEMPTS": "3",
+        "DTIMEOUT_STORE": "memory://",  # known
+        "DTIMEOUT_AZURE_QUEUE": "q",  # read by dtimeout-azure
+        "DTIMEOUT_DISABLE_PLUGIN": "x",  # close to DTIMEOUT_DISABLE_PLUGINS
+        "DTIMEOUT_RABBITMQ_URL": "amqp://",  # another provider's own: close to nothing
+        "TRANSPRT": "not ours",
+    }
+    assert misspelled_env_vars(environ) == [
+        ("DTIMEOUT_DISABLE_PLUGIN", "DTIMEOUT_DISABLE_PLUGINS"),
+        ("DTIMEOUT_MAX_ATEMPTS", "DTIMEOUT_MAX_ATTEMPTS"),
+        ("DTIMEOUT_TRANSPRT", "DTIMEOUT_TRANSPORT"),
+    ]
+    assert "DTIMEOUT_ORPHANS" in known_env_vars()

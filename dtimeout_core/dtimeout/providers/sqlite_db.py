@@ -20,6 +20,11 @@ Why it is built this way:
 * **One connection per thread.** ``sqlite3`` connections must not be used by two threads at
   once; consumers run worker threads. A connection held by a thread that ended is closed when
   its thread-local holder is collected. A forked child opens its own connections.
+* **Directories: one level, like ``mkdir`` without ``-p``.** The file's own directory is created
+  when its parent exists — the default ``./.dtimeout/dtimeout.db`` and ``sqlite:///data/t.db``
+  work in a fresh checkout — but a missing tree above it (``sqlite:////nonexistent/x/t.db``) is a
+  ``ConfigurationError`` naming the path: it is almost always a typo or an unmounted volume, and
+  silently building it would put the database somewhere nobody looks.
 """
 
 from __future__ import annotations
@@ -213,12 +218,24 @@ class SqliteDatabase:
                 f"the sqlite provider needs SQLite {'.'.join(map(str, MIN_SQLITE))} or newer "
                 f"(upserts); this Python uses {sqlite3.sqlite_version}"
             )
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot create the directory for sqlite file {self.path}: {exc.strerror}"
-            ) from exc
+        directory = self.path.parent
+        if not directory.is_dir():
+            # Like ``mkdir`` without ``-p``: the file's own directory is made when its parent
+            # exists (so ./.dtimeout/ and ./data/ appear on first use), deeper trees are not. A
+            # URL pointing into a missing tree is a typo or an unmounted volume far more often
+            # than a wish for new directories.
+            if not directory.parent.exists():
+                raise ConfigurationError(
+                    f"cannot create sqlite file {self.path}: its directory {directory} does not "
+                    f"exist, nor does {directory.parent} (only the file's own directory is "
+                    "created; create the others first)"
+                )
+            try:
+                directory.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"cannot create the directory for sqlite file {self.path}: {exc.strerror}"
+                ) from exc
         try:
             conn = sqlite3.connect(
                 str(self.path),

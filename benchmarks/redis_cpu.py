@@ -46,6 +46,10 @@ def main() -> None:
             raw = redis.Redis(port=server.port)
             url = f"redis://127.0.0.1:{server.port}/0?prefix=cpu&fuse=false"
             store, transport = open_store(url, SYSTEM_CLOCK), open_transport(url, SYSTEM_CLOCK)
+            # the usual set-up: one URL for both roles, schedule and message in one script
+            fused_url = f"redis://127.0.0.1:{server.port}/0?prefix=cpufused"
+            fused_store = open_store(fused_url, SYSTEM_CLOCK)
+            fused_transport = open_transport(fused_url, SYSTEM_CLOCK)
             totals: dict[str, list[float]] = {}
 
             def server_cpu() -> float:
@@ -75,6 +79,10 @@ def main() -> None:
                     for o in outs
                 ]
                 measure("send", lambda msgs=msgs: transport.send(msgs))
+                measure(
+                    "fused schedule (record + message)",
+                    lambda reqs=reqs: fused_store.schedule_and_send(fused_transport, reqs),
+                )
                 got = measure("receive", lambda: transport.receive(n, 0, 30))
                 claims = [
                     ClaimRequest(
@@ -88,8 +96,8 @@ def main() -> None:
                 measure("ack", lambda got=got: transport.ack(got))
                 cancels = [CancelRequest("k", k, "x") for k in keys]
                 measure("cancel", lambda cancels=cancels: store.cancel(cancels))
-            store.close()
-            transport.close()
+            for provider in (store, transport, fused_store, fused_transport):
+                provider.close()
         finally:
             server.stop()
     items = n * args.rounds

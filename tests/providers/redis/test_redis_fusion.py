@@ -53,7 +53,7 @@ def test_the_script_builds_the_very_bytes_the_model_encodes(
 ) -> None:
     """What Python sends (head, payload JSON) and what the script adds around them (the
     generation, message_tail) make exactly the model's message."""
-    payload_json = _fused_args(ScheduleRequest(kind, key, due, payload, 1))[1]
+    payload_json = _fused_args((0, ScheduleRequest(kind, key, due, payload, 1)))[1]
     assert payload_json == encode_payload(payload)
     body = body_head(kind, key) + str(generation) + message_tail(due, payload_json)
     assert body.encode("utf-8") == TimeoutMessage(kind, key, generation, due, payload).encode()
@@ -277,6 +277,27 @@ def test_a_refused_or_extended_fused_schedule_enqueues_nothing(
     assert (again[0].result, again[0].sent) == (ScheduleResult.EXTENDED, False)
     assert list(_queued(transport)) == ["k:r:1"]
     assert _queued(transport)["k:r:1"][0] == due  # the old message re-queues itself when due
+
+
+def test_one_identity_twice_in_a_batch_cut_into_several_calls(
+    pair: tuple[RedisTransport, RedisStore, FakeClock],
+) -> None:
+    """A batch goes down as several script calls (connection.py, _stream); each item keeps an
+    operation id of its own, so the second schedule of an identity is never taken for a
+    re-send of the first."""
+    transport, store, clock = pair
+    now = clock.now_ms()
+    requests = [ScheduleRequest("k", f"f{i}", now + 60_000, None, DAY) for i in range(200)]
+    requests[0] = ScheduleRequest("k", "same", now + 10_000, None, DAY)
+    requests[64] = ScheduleRequest("k", "same", now + 5_000, None, DAY)  # 2nd call, 1st item
+    commands = store.stats()["commands"]
+    out = store.schedule_and_send(transport, requests)
+    assert out is not None and store.stats()["commands"] - commands > 1
+    assert (out[0].result, out[0].timeout.generation) == (ScheduleResult.CREATED, 1)
+    assert (out[64].result, out[64].timeout.generation) == (ScheduleResult.ADVANCED, 2)
+    queued = _queued(transport)
+    assert len(queued) == 199 and "k:same:1" not in queued
+    assert queued["k:same:2"][0] == now + 5_000
 
 
 def test_a_re_sent_fused_schedule_after_a_lost_reply_leaves_one_message(

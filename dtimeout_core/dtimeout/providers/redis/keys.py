@@ -95,6 +95,10 @@ class ShardKeys:
         """In the order every transport script expects its KEYS."""
         return [self.due, self.inflight, self.body, self.count, self.lease, self.dead]
 
+    def fused_keys(self) -> list[str]:
+        """What a fused schedule (store_schedule.lua) writes besides the records."""
+        return [self.due, self.inflight, self.body, self.count]
+
 
 def shard_of(message_id: str, shards: int) -> int:
     """Stable shard of a message: the same id always lands on the same shard."""

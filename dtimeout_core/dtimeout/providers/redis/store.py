@@ -119,27 +119,10 @@ class RedisStore(Store):
                     "store keeps exactly (the year 5138)"
                 )
         op = uuid.uuid4().hex[:16]
-        if queue is None:
-            replies = self.conn.batched(
-                "store_schedule.lua",
-                requests,
-                lambda r: self._key(r.kind, r.key),
-                _plain_args,
-                [op, ""],
-            )
-        else:
-            replies = self.conn.batched(
-                "store_schedule.lua",
-                requests,
-                lambda r: self._key(r.kind, r.key),
-                _fused_args,
-                [op, "1"],
-                extra_keys=[queue.due, queue.inflight, queue.body, queue.count],
-            )
-            self.fused += sum(1 for reply in replies if reply[0] in _NEEDS_MESSAGE)
         sent = queue is not None
-        out: list[ScheduleOutcome] = []
-        for request, reply in zip(requests, replies, strict=True):
+
+        def outcome(item: tuple[int, ScheduleRequest], reply: Any) -> ScheduleOutcome:
+            request = item[1]
             result = _SCHEDULE_RESULTS[reply[0]]
             if len(reply) == 4:  # a fresh record: generation, updated, expires; the rest known
                 timeout = Timeout(
@@ -159,12 +142,25 @@ class RedisStore(Store):
                     int(reply[3]),
                     False,
                 )
-                out.append(ScheduleOutcome(result, timeout, None, sent))
-                continue
+                return ScheduleOutcome(result, timeout, None, sent)
             payload = _UNSET if result is ScheduleResult.REFUSED else request.payload
             timeout = _record(request.kind, request.key, reply, payload)
             previous = optional(reply[14]) if result is ScheduleResult.ADVANCED else None
-            out.append(ScheduleOutcome(result, timeout, previous, sent and result.needs_message))
+            return ScheduleOutcome(result, timeout, previous, sent and result.needs_message)
+
+        # Items travel with their index in the call: the script's operation id of item i is
+        # OP.i, unique in the call however the batch is cut into script calls.
+        out: list[ScheduleOutcome] = self.conn.batched(
+            "store_schedule.lua",
+            list(enumerate(requests)),
+            lambda item: self._key(item[1].kind, item[1].key),
+            _plain_args if queue is None else _fused_args,
+            [op, "1" if sent else ""],
+            extra_keys=queue.fused_keys() if queue is not None else [],
+            convert=outcome,
+        )
+        if sent:
+            self.fused += sum(1 for o in out if o.sent)
         return out
 
     def attach_handles(self, items: Sequence[tuple[str, str, int, str]]) -> None:
@@ -203,23 +199,16 @@ class RedisStore(Store):
     def claim(self, requests: Sequence[ClaimRequest]) -> list[ClaimOutcome]:
         if not requests:
             return []
-        replies = self._claim(requests, with_payload=False)
-        orphans = [i for i, reply in enumerate(replies) if reply[0] == "orphan"]
+        out: list[Any] = self._claim(requests, with_payload=False)
+        orphans = [i for i, o in enumerate(out) if not isinstance(o, ClaimOutcome)]
         if orphans:  # no record: claim those again, with the payload the orphan fires with
             again = self._claim([requests[i] for i in orphans], with_payload=True)
-            for index, reply in zip(orphans, again, strict=True):
-                replies[index] = reply
-        out: list[ClaimOutcome] = []
-        for request, reply in zip(requests, replies, strict=True):
-            result = _CLAIM_RESULTS[reply[0]]
-            if len(reply) == 1:
-                out.append(ClaimOutcome(result, None))
-                continue
-            message = request.message
-            out.append(ClaimOutcome(result, _record(message.kind, message.key, reply, _UNSET)))
+            for index, outcome in zip(orphans, again, strict=True):
+                out[index] = outcome
         return out
 
     def _claim(self, requests: Sequence[ClaimRequest], *, with_payload: bool) -> list[Any]:
+        """ClaimOutcomes, or the script's {'orphan'} where it asked for the payload."""
         return self.conn.batched(
             "store_claim.lua",
             requests,
@@ -235,6 +224,7 @@ class RedisStore(Store):
                 r.retention_ms,
             ),
             [],
+            convert=_claim_outcome,
         )
 
     def renew(self, leases: Sequence[LeaseRef], lease_ms: int) -> list[bool]:
@@ -368,18 +358,31 @@ class _Unset:
 _UNSET: Any = _Unset()
 
 
-def _fused_args(request: ScheduleRequest) -> tuple[int, str, int, str, str]:
+def _claim_outcome(request: ClaimRequest, reply: Sequence[Any]) -> ClaimOutcome | Sequence[Any]:
+    if reply[0] == "orphan":
+        return reply
+    result = _CLAIM_RESULTS[reply[0]]
+    if len(reply) == 1:
+        return ClaimOutcome(result, None)
+    message = request.message
+    return ClaimOutcome(result, _record(message.kind, message.key, reply, _UNSET))
+
+
+def _fused_args(item: tuple[int, ScheduleRequest]) -> tuple[int, str, int, int, str, str]:
+    index, request = item
     return (
         request.due_at_ms,
         _payload_json(request.payload),
         request.retention_ms,
+        index,
         f"{request.kind}:{request.key}:",
         fusion.body_head(request.kind, request.key),
     )
 
 
-def _plain_args(request: ScheduleRequest) -> tuple[int, str, int]:
-    return (request.due_at_ms, _payload_json(request.payload), request.retention_ms)
+def _plain_args(item: tuple[int, ScheduleRequest]) -> tuple[int, str, int, int]:
+    index, request = item
+    return (request.due_at_ms, _payload_json(request.payload), request.retention_ms, index)
 
 
 # ``encode_payload`` builds a JSONEncoder per call (json.dumps with options); one, reused, writes

@@ -1,9 +1,11 @@
 -- store_schedule.lua: decide_schedule (dtimeout/model.py) for each item.
 -- KEYS[i]  the record of item i (P:t:{KIND:KEY}), i = 1..n
 -- ARGV[1]  now ms, or '' to use the server's TIME
--- ARGV[2]  JSON array, item i = [due ms, payload JSON text, retention ms] and, when fused,
---          [.., message id prefix 'KIND:KEY:', body head '{"v":1,"kind":…,"key":…,"generation":']
--- ARGV[3]  id of this call; item i is operation ARGV[3]..'.'..i (a re-send answers as before)
+-- ARGV[2]  JSON array, item i = [due ms, payload JSON text, retention ms, index of the item in
+--          the caller's batch] and, when fused, [.., message id prefix 'KIND:KEY:', body head
+--          '{"v":1,"kind":…,"key":…,"generation":']
+-- ARGV[3]  id of the caller's batch; item i is operation ARGV[3]..'.'..index (a re-send answers
+--          as before; a batch cut into several calls still gives every item its own id)
 -- ARGV[4]  '1' when fused (RedisStore.schedule_and_send, fusion.py): KEYS[n+1..n+4] are the
 --          queue shard's due zset, inflight zset, body hash and count hash, and every answer
 --          that needs a message enqueues it here, as queue_send.lua would: id PREFIX..generation,
@@ -70,18 +72,18 @@ local out = {}
 local ids, bodies, dues, superseded = {}, {}, {}, {}
 for i = 1, n do
   local it = items[i]
-  local answer, changed, rec = schedule(KEYS[i], it[1], it[2], it[3], ARGV[3] .. '.' .. i)
+  local answer, changed, rec = schedule(KEYS[i], it[1], it[2], it[3], ARGV[3] .. '.' .. it[4])
   out[i] = answer
   local result = answer[1]
   if fused and changed and (result == 'created' or result == 'advanced') then
     local gen, due = I(rec.g), I(rec.d)
-    local id = it[4] .. gen
+    local id = it[5] .. gen
     ids[#ids + 1] = id
     dues[#dues + 1] = due
     bodies[#bodies + 1] = id
-    bodies[#bodies + 1] = it[5] .. gen .. ',"due_at":' .. due .. ',"payload":' .. it[2] .. '}'
+    bodies[#bodies + 1] = it[6] .. gen .. ',"due_at":' .. due .. ',"payload":' .. it[2] .. '}'
     if result == 'advanced' then
-      superseded[#superseded + 1] = it[4] .. I(rec.g - 1)
+      superseded[#superseded + 1] = it[5] .. I(rec.g - 1)
     end
   end
 end

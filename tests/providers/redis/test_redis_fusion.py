@@ -138,6 +138,7 @@ def test_a_same_server_pair_schedules_with_one_store_call_and_no_send(
     fired: list[DueTimeout] = []
     with Timeouts(transport, store, clock=clock) as timeouts:
         timeouts.handler("k")(fired.append)
+        timeouts.schedule("k", "warm", after=timedelta(hours=1))  # the server loads the script
         store_trips, transport_trips = (
             store.stats()["round_trips"],
             transport.stats()["round_trips"],
@@ -150,11 +151,13 @@ def test_a_same_server_pair_schedules_with_one_store_call_and_no_send(
         assert store.stats()["round_trips"] == store_trips + 2  # a batch: one more call
         assert transport.stats()["round_trips"] == transport_trips
         assert sends == []
-        assert store.stats()["fused_messages"] == 6
+        assert store.stats()["fused_messages"] == 7
         # record and message both there, the message exactly what the model encodes
         assert store.get("k", "one") == t
         queued = _queued(transport)
-        assert sorted(queued) == sorted(["k:one:1", *(f"k:many{i}:1" for i in range(5))])
+        assert sorted(queued) == sorted(
+            ["k:one:1", "k:warm:1", *(f"k:many{i}:1" for i in range(5))]
+        )
         assert queued["k:one:1"] == (
             t.due_at_ms,
             TimeoutMessage("k", "one", 1, t.due_at_ms, {"n": 1}),
@@ -193,11 +196,14 @@ def test_fuse_false_falls_back_to_schedule_then_send(
     transport, store = open_transport(url, clock), open_store(url, clock)
     sends = _count_sends(monkeypatch, transport)
     with Timeouts(transport, store, clock=clock) as timeouts:
-        for i in range(3):
+        timeouts.schedule("k", "o0", after=timedelta(seconds=1))  # the server loads the scripts
+        trips = transport.stats()["round_trips"]
+        for i in (1, 2):
             timeouts.schedule("k", f"o{i}", after=timedelta(seconds=1))
     assert store.schedule_and_send(transport, [ScheduleRequest("k", "x", 1, None, DAY)]) is None
     assert sends == [1, 1, 1]
-    assert transport.stats()["round_trips"] == 3
+    assert transport.stats()["round_trips"] == trips + 2
+    assert sorted(_queued(transport)) == ["k:o0:1", "k:o1:1", "k:o2:1"]
     assert store.stats()["fused_messages"] == 0
 
 

@@ -68,6 +68,7 @@ class RedisConnection:
         self._client = client
         self.script_names = tuple(scripts)  # what this role runs (loaded on first use)
         self._scripts: dict[str, Script] = {}
+        self._packer: Any = None  # redis-py's RESP serializer, built on first use
         self._lock = threading.Lock()
         self.round_trips = 0
         self.commands = 0
@@ -143,22 +144,32 @@ class RedisConnection:
         if self.settings.cluster:
             return self._cluster_pipeline(calls)
         packed = b"".join(
-            _pack_evalsha(self.script(name).sha, keys, args) for name, keys, args in calls
+            self._pack_evalsha(self.script(name).sha, keys, args) for name, keys, args in calls
         )
         self.round_trips += 1
         self.commands += len(calls)
         return self._exchange(packed, len(calls))
 
-    def _exchange(self, packed: bytes, count: int) -> list[Any]:
-        """Send already packed commands on one pooled connection and read ``count`` replies;
-        error replies come back as exception objects, in place.
+    def _pack_evalsha(self, sha: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
+        """``EVALSHA sha n keys… args…`` packed by redis-py's own serializer and encoder (the
+        ones its connections use), so arguments are encoded exactly as the client would."""
+        if self._packer is None:
+            from redis.connection import PythonRespSerializer
 
-        Why not redis-py's client or pipeline: per command they re-encode every argument in
-        Python and go through bookkeeping (observability, response callbacks, a pool check
-        that costs a system call) that cost more than a whole script call's own client work.
-        The connection, its health check and its ``Retry`` (re-send everything after a
-        dropped connection, as a pipeline does: every script answers a re-send as it answered
-        the first time) are redis-py's own.
+            encoder = self.client.connection_pool.get_encoder()
+            self._packer = PythonRespSerializer(6000, encoder.encode)
+        return b"".join(self._packer.pack("EVALSHA", sha, len(keys), *keys, *args))
+
+    def _exchange(self, packed: bytes, count: int) -> list[Any]:
+        """Send commands (packed by redis-py's serializer) on one pooled connection and read
+        ``count`` replies; error replies come back as exception objects, in place.
+
+        Why not redis-py's client or pipeline object: per command they add bookkeeping
+        (observability, response callbacks, a pool check that costs a system call) that costs
+        more than a script call's own client work. Everything else is redis-py's own: the
+        packer, the connection, its health check and its ``Retry`` (which re-sends everything
+        after a dropped connection, as a pipeline does; every script answers a re-send as it
+        answered the first time).
         """
         pool = self.client.connection_pool
         conn = pool.get_connection()
@@ -294,7 +305,7 @@ class RedisConnection:
                 chunk = items[start : start + size]
                 keys = [*(key_of(item) for item in chunk), *extra_keys]
                 args = [self.now_arg(), _json([args_of(item) for item in chunk]), *common]
-                sent.append(_pack_evalsha(script.sha, keys, args))
+                sent.append(self._pack_evalsha(script.sha, keys, args))
                 yield sent[-1]
 
         def decode_chunk(index: int, reply: Any) -> list[Any]:
@@ -366,25 +377,6 @@ class RedisConnection:
 
 def _json(values: Sequence[Any]) -> str:
     return json.dumps(values, ensure_ascii=False, separators=(",", ":"))
-
-
-def _pack_evalsha(sha: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
-    """``EVALSHA sha n keys… args…`` in RESP, as redis-py's packer writes it (str as UTF-8,
-    numbers as their decimal text)."""
-    items: list[bytes] = [sha.encode(), str(len(keys)).encode()]
-    for value in (*keys, *args):
-        if isinstance(value, bytes):
-            items.append(value)
-        elif isinstance(value, str):
-            items.append(value.encode("utf-8"))
-        elif isinstance(value, int) and not isinstance(value, bool):
-            items.append(str(value).encode())
-        else:
-            raise TypeError(f"script argument of type {type(value).__name__}: {value!r}")
-    out = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (len(items) + 1)]
-    for item in items:
-        out.append(b"$%d\r\n%s\r\n" % (len(item), item))
-    return b"".join(out)
 
 
 def _is_noscript(result: Any) -> bool:

@@ -58,10 +58,14 @@ class RetryPolicy:
         The first attempt runs bare: the policy costs nothing on the hot path until a call
         actually fails transiently.
         """
+        started = time.monotonic()
         try:
             return fn()
         except Exception as exc:
-            if self.attempts <= 1 or not self.is_transient(exc):
+            # An attempt that alone used up the time budget (an SDK retrying inside it) is
+            # not repeated: the budget bounds the whole call, not the time between attempts.
+            spent = time.monotonic() - started
+            if self.attempts <= 1 or not self.is_transient(exc) or spent >= self.max_seconds:
                 raise
             log.info("%s failed (attempt 1), retrying: %s", what, exc)
 
@@ -71,7 +75,8 @@ class RetryPolicy:
 
         retrying = Retrying(
             retry=retry_if_exception(self.is_transient),
-            stop=stop_after_attempt(self.attempts - 1) | stop_after_delay(self.max_seconds),
+            stop=stop_after_attempt(self.attempts - 1)
+            | stop_after_delay(max(0.0, self.max_seconds - spent)),
             wait=wait_exponential_jitter(multiplier=self.initial_wait, max=self.max_wait),
             before_sleep=before_sleep,
             reraise=True,

@@ -413,3 +413,27 @@ def test_a_partly_failed_send_abandons_only_the_entries_not_taken(clock: FakeClo
         "bad": TimeoutState.CANCELLED,
         "ok2": TimeoutState.PENDING,
     }
+
+
+def test_retry_policy_does_not_repeat_an_attempt_that_used_the_whole_budget() -> None:
+    calls: list[float] = []
+
+    def slow_failure() -> None:
+        calls.append(time.monotonic())
+        time.sleep(0.2)  # an SDK retrying inside one attempt
+        raise TransientStoreError("connection refused")
+
+    policy = RetryPolicy(attempts=5, max_seconds=0.1, initial_wait=0.001)
+    with pytest.raises(TransientStoreError):
+        policy.call(slow_failure, what="store.get")
+    assert len(calls) == 1
+    quick = RetryPolicy(attempts=3, max_seconds=30, initial_wait=0.001, max_wait=0.002)
+    calls.clear()
+
+    def quick_failure() -> None:
+        calls.append(time.monotonic())
+        raise TransientStoreError("connection reset")
+
+    with pytest.raises(TransientStoreError):
+        quick.call(quick_failure, what="store.get")
+    assert len(calls) == 3  # quick failures are retried up to the attempt limit

@@ -176,8 +176,11 @@ class Timeouts:
         """Call a lifecycle hook; an observer's exception is logged, never propagated."""
         if self._pm is None:
             return  # nobody could have registered an observer
+        hook = getattr(self._pm.hook, event)
+        if not hook.get_hookimpls():
+            return  # no observer of this event: skip the call on the hot path
         try:
-            getattr(self._pm.hook, event)(**kwargs)
+            hook(**kwargs)
         except Exception:
             log.exception("an observer of %s raised; ignored", event)
 

@@ -246,8 +246,8 @@ class TimeoutMessage:
 def message_body(kind: str, key: str, generation: int, due_at_ms: int, payload_json: str) -> bytes:
     """The wire form of a message around an already-encoded payload (encoded once per schedule:
     the size check and the send share it)."""
-    kind_json = json.dumps(kind, ensure_ascii=False)
-    key_json = json.dumps(key, ensure_ascii=False)
+    kind_json = _encode_string(kind)
+    key_json = _encode_string(key)
     return (
         f'{{"v":{MESSAGE_VERSION},"kind":{kind_json},"key":{key_json},'
         f'"generation":{generation},"due_at":{due_at_ms},"payload":{payload_json}}}'
@@ -265,10 +265,15 @@ def validate_identity(kind: str, key: str) -> None:
         raise ValidationError(f"kind {kind!r} must not contain ':'")
 
 
+# Built once: ``json.dumps`` with non-default options builds a new encoder on every call.
+_PAYLOAD_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_encode_string = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def encode_payload(payload: Any) -> str:
     """The payload as compact JSON; refuse what JSON cannot carry."""
     try:
-        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return _PAYLOAD_ENCODER.encode(payload)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"payload is not JSON-serialisable: {exc}") from exc
 

@@ -297,9 +297,10 @@ class Timeouts:
                 f"timeout {item.kind}:{item.key}: its message would be {size} bytes, over the "
                 f"transport's limit of {limit} bytes"
             )
-        return ScheduleRequest(item.kind, item.key, due, item.payload, self.retention_ms), (
-            payload_json
+        request = ScheduleRequest(
+            item.kind, item.key, due, item.payload, self.retention_ms, payload_json
         )
+        return request, payload_json
 
     def _store_schedule(self, requests: list[ScheduleRequest]) -> list[ScheduleOutcome]:
         """One batched store write. After a transient failure the write may have been applied

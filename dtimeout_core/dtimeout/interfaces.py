@@ -39,6 +39,9 @@ class ScheduleRequest:
     due_at_ms: int
     payload: Any
     retention_ms: int
+    # The payload as compact JSON when the caller already encoded it (``Timeouts`` does, to
+    # validate it): a store that writes JSON can reuse the text instead of encoding it again.
+    payload_json: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

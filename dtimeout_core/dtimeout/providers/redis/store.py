@@ -24,12 +24,12 @@ operation and enqueues nothing more: the first run's message is already there.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from dtimeout.clock import Clock, is_fake
 from dtimeout.errors import ValidationError
+from dtimeout.ids import unique_id
 from dtimeout.interfaces import (
     CancelOutcome,
     CancelRequest,
@@ -118,7 +118,7 @@ class RedisStore(Store):
                     f"timeout {r.kind}/{r.key}: due time plus retention is beyond what the Redis "
                     "store keeps exactly (the year 5138)"
                 )
-        op = uuid.uuid4().hex[:16]
+        op = unique_id()
         sent = queue is not None
 
         def outcome(item: tuple[int, ScheduleRequest], reply: Any) -> ScheduleOutcome:
@@ -271,7 +271,7 @@ class RedisStore(Store):
                 max_attempts,
                 error,
                 retention_ms,
-                uuid.uuid4().hex[:16],
+                unique_id(),
             ],
         )
         answer = json.loads(reply)
@@ -288,7 +288,7 @@ class RedisStore(Store):
         reply = self.conn.run(
             "store_abandon.lua",
             [self._key(kind, key)],
-            [self.conn.now_arg(), generation, state.value, reason, uuid.uuid4().hex[:16]],
+            [self.conn.now_arg(), generation, state.value, reason, unique_id()],
         )
         return SettleResult(decode(reply))
 
@@ -372,7 +372,7 @@ def _fused_args(item: tuple[int, ScheduleRequest]) -> tuple[int, str, int, int, 
     index, request = item
     return (
         request.due_at_ms,
-        _payload_json(request.payload),
+        request.payload_json or _payload_json(request.payload),
         request.retention_ms,
         index,
         f"{request.kind}:{request.key}:",
@@ -382,7 +382,8 @@ def _fused_args(item: tuple[int, ScheduleRequest]) -> tuple[int, str, int, int, 
 
 def _plain_args(item: tuple[int, ScheduleRequest]) -> tuple[int, str, int, int]:
     index, request = item
-    return (request.due_at_ms, _payload_json(request.payload), request.retention_ms, index)
+    payload = request.payload_json or _payload_json(request.payload)
+    return (request.due_at_ms, payload, request.retention_ms, index)
 
 
 # ``encode_payload`` builds a JSONEncoder per call (json.dumps with options); one, reused, writes

@@ -25,6 +25,7 @@ from dtimeout.errors import (
     ValidationError,
 )
 from dtimeout.interfaces import (
+    CancelOutcome,
     CancelRef,
     CancelRequest,
     OutgoingMessage,
@@ -406,14 +407,22 @@ class Timeouts:
             validate_identity(kind, key)
         ids = list(request_ids) if request_ids else [uuid.uuid4().hex for _ in items]
         requests = [CancelRequest(k, key, rid) for (k, key), rid in zip(items, ids, strict=True)]
+        withdrawn = False
+
+        def call() -> list[CancelOutcome]:
+            nonlocal withdrawn
+            fused = self.store.cancel_and_withdraw(self.transport, requests)
+            withdrawn = fused is not None
+            return fused if fused is not None else self.store.cancel(requests)
+
         # The same request ids on every retry: a re-sent cancel answers as the first one did.
-        outcomes = self.retry.call(lambda: self.store.cancel(requests), what="store.cancel")
+        outcomes = self.retry.call(call, what="store.cancel")
         refs = [
             CancelRef(idempotency_key(r.kind, r.key, o.generation), o.handle)
             for r, o in zip(requests, outcomes, strict=True)
             if o.result is CancelResult.CANCELLED and o.generation is not None
         ]
-        if refs and self.transport.capabilities.native_cancel:
+        if refs and not withdrawn and self.transport.capabilities.native_cancel:
             self._native_cancel(refs)
         for r, o in zip(requests, outcomes, strict=True):
             self.emit("dtimeout_timeout_cancelled", kind=r.kind, key=r.key, result=o.result)

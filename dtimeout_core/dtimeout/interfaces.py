@@ -130,6 +130,19 @@ class Store(ABC):
     def cancel(self, requests: Sequence[CancelRequest]) -> list[CancelOutcome]:
         """Apply ``decide_cancel`` to each."""
 
+    def cancel_and_withdraw(
+        self, transport: Transport, requests: Sequence[CancelRequest]
+    ) -> list[CancelOutcome] | None:
+        """Optional fast path: :meth:`cancel`, and remove the waiting message of each timeout
+        answered CANCELLED from ``transport`` in the same atomic step (what
+        ``transport.cancel`` would do natively).
+
+        Like :meth:`schedule_and_send`, only for a store that shares a server with
+        ``transport``. Return None when this store cannot do it for this transport; the caller
+        then calls :meth:`cancel` and the transport's native cancel as usual.
+        """
+        return None
+
     @abstractmethod
     def claim(self, requests: Sequence[ClaimRequest]) -> list[ClaimOutcome]:
         """Apply ``decide_claim`` to each."""

@@ -175,14 +175,34 @@ class RedisStore(Store):
         )
 
     def cancel(self, requests: Sequence[CancelRequest]) -> list[CancelOutcome]:
+        return self._cancel(requests, None)
+
+    def cancel_and_withdraw(
+        self, transport: Transport, requests: Sequence[CancelRequest]
+    ) -> list[CancelOutcome] | None:
+        """Cancel and remove each cancelled timeout's waiting message in the same script, when
+        ``transport`` shares this store's queue (as for :meth:`schedule_and_send`); None
+        otherwise. One round trip instead of a cancel and a native cancel."""
+        if not isinstance(transport, RedisTransport) or not fusion.can_fuse(
+            self.settings, transport.settings
+        ):
+            return None
+        return self._cancel(requests, transport.shards[0])
+
+    def _cancel(
+        self, requests: Sequence[CancelRequest], queue: ShardKeys | None
+    ) -> list[CancelOutcome]:
         if not requests:
             return []
         replies = self.conn.batched(
             "store_cancel.lua",
             requests,
             lambda r: self._key(r.kind, r.key),
-            lambda r: r.request_id,
-            [],
+            (lambda r: r.request_id)
+            if queue is None
+            else (lambda r: (r.request_id, f"{r.kind}:{r.key}:")),
+            [] if queue is None else ["1"],
+            extra_keys=[] if queue is None else [queue.due, queue.body, queue.count],
         )
         out: list[CancelOutcome] = []
         for reply in replies:

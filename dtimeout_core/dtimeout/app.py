@@ -268,12 +268,14 @@ class Timeouts:
                     results[index] = outcome.timeout
                     if outcome.result.needs_message and not outcome.sent:
                         to_send.append((index, outcome))
-            bodies = [
-                message_body(t.kind, t.key, t.generation, t.due_at_ms, payload_json[index])
-                for index, t in ((i, o.timeout) for i, o in to_send)
-            ]
-            for index, error in self._send_messages([o for _, o in to_send], bodies).items():
-                results[to_send[index][0]] = error
+            if to_send:  # none when the store enqueued them itself (schedule_and_send)
+                bodies = [
+                    message_body(t.kind, t.key, t.generation, t.due_at_ms, payload_json[index])
+                    for index, t in ((i, o.timeout) for i, o in to_send)
+                ]
+                sent = self._send_messages([o for _, o in to_send], bodies)
+                for index, error in sent.items():
+                    results[to_send[index][0]] = error
             self._cancel_superseded(outcomes)
             for r, outcome in zip(requests, outcomes, strict=True):
                 if not isinstance(results[r[0]], DtimeoutError):

@@ -63,6 +63,8 @@ H = TypeVar("H", bound=Handler)
 
 # Generations are counters; 15 digits is more than any identity will see.
 _MAX_GENERATION = 999_999_999_999_999
+# A message's bytes besides kind, key and payload, with the widest generation and due time.
+_FRAME_BYTES = len(message_body("", "", _MAX_GENERATION, 10**16, ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,9 +294,15 @@ class Timeouts:
         validate_identity(item.kind, item.key)
         due = _due_at_ms(item.after, item.at, now_ms)
         payload_json = encode_payload(item.payload)  # refuses what JSON cannot carry
-        # Sized with the widest generation the record may reach: an honest upper bound.
-        size = len(message_body(item.kind, item.key, _MAX_GENERATION, due, payload_json))
         limit = self.transport.capabilities.max_message_bytes
+        # A cheap bound first (in the body a character of kind or key takes at most 6 bytes, a
+        # payload character at most 4): only a message that might be near the limit is built
+        # to be measured, sized with the widest generation the record may reach.
+        bound = 6 * (len(item.kind) + len(item.key)) + 4 * len(payload_json) + _FRAME_BYTES
+        if bound <= limit:
+            size = 0
+        else:
+            size = len(message_body(item.kind, item.key, _MAX_GENERATION, due, payload_json))
         if size > limit:
             raise PayloadTooLargeError(
                 f"timeout {item.kind}:{item.key}: its message would be {size} bytes, over the "

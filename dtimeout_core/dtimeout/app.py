@@ -25,6 +25,7 @@ from dtimeout.errors import (
     ValidationError,
 )
 from dtimeout.interfaces import (
+    CancelOutcome,
     CancelRef,
     CancelRequest,
     OutgoingMessage,
@@ -62,6 +63,8 @@ H = TypeVar("H", bound=Handler)
 
 # Generations are counters; 15 digits is more than any identity will see.
 _MAX_GENERATION = 999_999_999_999_999
+# A message's bytes besides kind, key and payload, with the widest generation and due time.
+_FRAME_BYTES = len(message_body("", "", _MAX_GENERATION, 10**16, ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,12 +270,14 @@ class Timeouts:
                     results[index] = outcome.timeout
                     if outcome.result.needs_message and not outcome.sent:
                         to_send.append((index, outcome))
-            bodies = [
-                message_body(t.kind, t.key, t.generation, t.due_at_ms, payload_json[index])
-                for index, t in ((i, o.timeout) for i, o in to_send)
-            ]
-            for index, error in self._send_messages([o for _, o in to_send], bodies).items():
-                results[to_send[index][0]] = error
+            if to_send:  # none when the store enqueued them itself (schedule_and_send)
+                bodies = [
+                    message_body(t.kind, t.key, t.generation, t.due_at_ms, payload_json[index])
+                    for index, t in ((i, o.timeout) for i, o in to_send)
+                ]
+                sent = self._send_messages([o for _, o in to_send], bodies)
+                for index, error in sent.items():
+                    results[to_send[index][0]] = error
             self._cancel_superseded(outcomes)
             for r, outcome in zip(requests, outcomes, strict=True):
                 if not isinstance(results[r[0]], DtimeoutError):
@@ -289,17 +294,24 @@ class Timeouts:
         validate_identity(item.kind, item.key)
         due = _due_at_ms(item.after, item.at, now_ms)
         payload_json = encode_payload(item.payload)  # refuses what JSON cannot carry
-        # Sized with the widest generation the record may reach: an honest upper bound.
-        size = len(message_body(item.kind, item.key, _MAX_GENERATION, due, payload_json))
         limit = self.transport.capabilities.max_message_bytes
+        # A cheap bound first (in the body a character of kind or key takes at most 6 bytes, a
+        # payload character at most 4): only a message that might be near the limit is built
+        # to be measured, sized with the widest generation the record may reach.
+        bound = 6 * (len(item.kind) + len(item.key)) + 4 * len(payload_json) + _FRAME_BYTES
+        if bound <= limit:
+            size = 0
+        else:
+            size = len(message_body(item.kind, item.key, _MAX_GENERATION, due, payload_json))
         if size > limit:
             raise PayloadTooLargeError(
                 f"timeout {item.kind}:{item.key}: its message would be {size} bytes, over the "
                 f"transport's limit of {limit} bytes"
             )
-        return ScheduleRequest(item.kind, item.key, due, item.payload, self.retention_ms), (
-            payload_json
+        request = ScheduleRequest(
+            item.kind, item.key, due, item.payload, self.retention_ms, payload_json
         )
+        return request, payload_json
 
     def _store_schedule(self, requests: list[ScheduleRequest]) -> list[ScheduleOutcome]:
         """One batched store write. After a transient failure the write may have been applied
@@ -405,14 +417,22 @@ class Timeouts:
             validate_identity(kind, key)
         ids = list(request_ids) if request_ids else [uuid.uuid4().hex for _ in items]
         requests = [CancelRequest(k, key, rid) for (k, key), rid in zip(items, ids, strict=True)]
+        withdrawn = False
+
+        def call() -> list[CancelOutcome]:
+            nonlocal withdrawn
+            fused = self.store.cancel_and_withdraw(self.transport, requests)
+            withdrawn = fused is not None
+            return fused if fused is not None else self.store.cancel(requests)
+
         # The same request ids on every retry: a re-sent cancel answers as the first one did.
-        outcomes = self.retry.call(lambda: self.store.cancel(requests), what="store.cancel")
+        outcomes = self.retry.call(call, what="store.cancel")
         refs = [
             CancelRef(idempotency_key(r.kind, r.key, o.generation), o.handle)
             for r, o in zip(requests, outcomes, strict=True)
             if o.result is CancelResult.CANCELLED and o.generation is not None
         ]
-        if refs and self.transport.capabilities.native_cancel:
+        if refs and not withdrawn and self.transport.capabilities.native_cancel:
             self._native_cancel(refs)
         for r, o in zip(requests, outcomes, strict=True):
             self.emit("dtimeout_timeout_cancelled", kind=r.kind, key=r.key, result=o.result)

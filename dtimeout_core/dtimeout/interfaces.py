@@ -39,6 +39,9 @@ class ScheduleRequest:
     due_at_ms: int
     payload: Any
     retention_ms: int
+    # The payload as compact JSON when the caller already encoded it (``Timeouts`` does, to
+    # validate it): a store that writes JSON can reuse the text instead of encoding it again.
+    payload_json: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +129,19 @@ class Store(ABC):
     @abstractmethod
     def cancel(self, requests: Sequence[CancelRequest]) -> list[CancelOutcome]:
         """Apply ``decide_cancel`` to each."""
+
+    def cancel_and_withdraw(
+        self, transport: Transport, requests: Sequence[CancelRequest]
+    ) -> list[CancelOutcome] | None:
+        """Optional fast path: :meth:`cancel`, and remove the waiting message of each timeout
+        answered CANCELLED from ``transport`` in the same atomic step (what
+        ``transport.cancel`` would do natively).
+
+        Like :meth:`schedule_and_send`, only for a store that shares a server with
+        ``transport``. Return None when this store cannot do it for this transport; the caller
+        then calls :meth:`cancel` and the transport's native cancel as usual.
+        """
+        return None
 
     @abstractmethod
     def claim(self, requests: Sequence[ClaimRequest]) -> list[ClaimOutcome]:

@@ -3,6 +3,7 @@ native cancel, lifecycle events."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Sequence
@@ -10,6 +11,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dtimeout import BatchScheduleError, ScheduleItem, Timeouts, hookimpl
 from dtimeout.clock import FakeClock
@@ -21,7 +24,7 @@ from dtimeout.errors import (
     ValidationError,
 )
 from dtimeout.interfaces import CancelRef, OutgoingMessage, ScheduleRequest
-from dtimeout.model import CancelResult, DueTimeout, TimeoutState
+from dtimeout.model import CancelResult, DueTimeout, TimeoutState, encode_payload, message_body
 from dtimeout.providers.memory import MemoryStore, MemoryTransport
 from dtimeout.retries import RetryPolicy
 from dtimeout.testing import CountingTransport, pump
@@ -312,11 +315,9 @@ def test_consumer_survives_a_transport_outage(clock: FakeClock) -> None:
     t.handler("payment")(lambda d: fired.append(d.key))
     t.schedule("payment", "k", after=0)
     c = t.consumer(wait_seconds=0)
+    deadline = time.monotonic() + 60  # bounded, counted from this test's start
     c.run(stop_when=lambda: bool(fired) or time.monotonic() > deadline)
     assert fired == ["k"]
-
-
-deadline = time.monotonic() + 60
 
 
 def test_stop_finishes_in_flight_work(clock: FakeClock) -> None:
@@ -382,6 +383,7 @@ def test_a_settlement_outage_keeps_the_job_and_settles_it_later(clock: FakeClock
     t.handler("payment")(lambda d: runs.append(d.attempt))
     t.schedule("payment", "k", after=0)
     c = t.consumer(wait_seconds=0.01)
+    deadline = time.monotonic() + 60
     c.run(stop_when=lambda: c.stats.fired == 1 or time.monotonic() > deadline)
     assert runs == [1] and c.stats.fired == 1
     record = t.status("payment", "k")
@@ -437,3 +439,35 @@ def test_retry_policy_does_not_repeat_an_attempt_that_used_the_whole_budget() ->
     with pytest.raises(TransientStoreError):
         quick.call(quick_failure, what="store.get")
     assert len(calls) == 3  # quick failures are retried up to the attempt limit
+
+
+class SmallMessages(MemoryTransport):
+    capabilities = dataclasses.replace(MemoryTransport.capabilities, max_message_bytes=400)
+
+
+# characters of 1, 2, 3 and 4 bytes in UTF-8, and ones JSON escapes (up to 6 bytes)
+_chars = st.sampled_from(["a", "é", "€", "😀", "\x01", '"'])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.text(_chars, min_size=1, max_size=60),
+    key=st.text(_chars, min_size=1, max_size=60),
+    payload=st.one_of(st.text(_chars, max_size=200), st.lists(st.text(_chars, max_size=20))),
+)
+def test_the_size_check_refuses_exactly_the_messages_over_the_limit(
+    kind: str, key: str, payload: Any
+) -> None:
+    """The cheap bound never lets through what the exact size refuses, and never refuses
+    what fits (sized with the widest generation, as before)."""
+    clock = FakeClock()
+    t = make(clock, SmallMessages(clock))
+    exact = len(
+        message_body(kind, key, 999_999_999_999_999, clock.now_ms(), encode_payload(payload))
+    )
+    try:
+        t.schedule(kind, key, after=0, payload=payload)
+        refused = False
+    except PayloadTooLargeError:
+        refused = True
+    assert refused == (exact > 400)

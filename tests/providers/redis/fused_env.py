@@ -1,11 +1,12 @@
-"""Runs the end-to-end contract (``TimeoutsContract``) through the fused schedule.
+"""Runs the end-to-end contract (``TimeoutsContract``) through the fused schedule and cancel.
 
 The contract wraps the store and the transport in counting wrappers; the base ``Store``'s
 ``schedule_and_send`` answers None, so through them nothing would ever fuse. This mixin gives
-the test's ``CountingStore`` a ``schedule_and_send`` that unwraps the ``CountingTransport``,
-asks the Redis store to fuse, and counts what it did as the wrappers would have: the items as
-schedule writes, every enqueued message as sent (the contract's "no new message" checks then
-mean what they say). ``test_schedules_really_fuse`` proves the path is taken.
+the test's ``CountingStore`` a ``schedule_and_send`` and a ``cancel_and_withdraw`` that unwrap
+the ``CountingTransport``, ask the Redis store to fuse, and count what it did as the wrappers
+would have: the items as store writes, every enqueued message as sent (the contract's "no new
+message" checks then mean what they say). ``test_schedules_really_fuse`` proves the path is
+taken.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from typing import Any
 
 import pytest
 
-from dtimeout.interfaces import OutgoingMessage, ScheduleOutcome, ScheduleRequest, Transport
+from dtimeout.interfaces import (
+    CancelOutcome,
+    CancelRequest,
+    OutgoingMessage,
+    ScheduleOutcome,
+    ScheduleRequest,
+    Transport,
+)
 from dtimeout.model import TimeoutMessage
 from dtimeout.testing.helpers import CountingStore, CountingTransport
 
@@ -45,7 +53,18 @@ class FusedEnv:
                     )
             return outcomes
 
+        def cancel_and_withdraw(
+            transport: Transport, requests: Sequence[CancelRequest]
+        ) -> list[CancelOutcome] | None:
+            inner = transport.inner if isinstance(transport, CountingTransport) else transport
+            outcomes = counting_store.inner.cancel_and_withdraw(inner, requests)
+            if outcomes is not None:
+                counting_store.calls["cancel"] += 1
+                counting_store.items["cancel"] += len(requests)
+            return outcomes
+
         monkeypatch.setattr(counting_store, "schedule_and_send", schedule_and_send)
+        monkeypatch.setattr(counting_store, "cancel_and_withdraw", cancel_and_withdraw)
 
     def test_schedules_really_fuse(self, env: Any) -> None:
         timeouts, _, transport, store = env

@@ -18,8 +18,17 @@ from redis_proxy import DroppingProxy
 
 from dtimeout.app import ScheduleItem, Timeouts
 from dtimeout.clock import SYSTEM_CLOCK, Clock, FakeClock
-from dtimeout.interfaces import OutgoingMessage, ScheduleRequest
-from dtimeout.model import DueTimeout, ScheduleResult, TimeoutMessage, TimeoutState, encode_payload
+from dtimeout.interfaces import ClaimRequest, OutgoingMessage, ScheduleRequest
+from dtimeout.model import (
+    CancelResult,
+    ClaimResult,
+    DueTimeout,
+    OrphanPolicy,
+    ScheduleResult,
+    TimeoutMessage,
+    TimeoutState,
+    encode_payload,
+)
 from dtimeout.providers.memory import MemoryTransport
 from dtimeout.providers.redis import keys as K
 from dtimeout.providers.redis.fusion import body_head, can_fuse, message_tail
@@ -336,6 +345,103 @@ def test_a_re_sent_fused_schedule_after_a_lost_reply_leaves_one_message(
             "k:s:1": (due, TimeoutMessage("k", "s", 1, due, 7)),
             "k:lost:1": (t.due_at_ms, TimeoutMessage("k", "lost", 1, t.due_at_ms, [1])),
         }
+    finally:
+        transport.close()
+        store.close()
+        proxy.close()
+
+
+def test_a_same_server_pair_cancels_and_withdraws_the_message_in_one_call(
+    pair: tuple[RedisTransport, RedisStore, FakeClock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transport, store, clock = pair
+    native: list[int] = []
+    monkeypatch.setattr(transport, "cancel", lambda refs: native.append(len(refs)))
+    fired: list[DueTimeout] = []
+    with Timeouts(transport, store, clock=clock) as timeouts:
+        timeouts.handler("k")(fired.append)
+        for key in ("a", "b", "keep"):
+            timeouts.schedule("k", key, after=timedelta(seconds=1))
+        timeouts.cancel("k", "warm")  # loads the script
+        trips = store.stats()["round_trips"], transport.stats()["round_trips"]
+        assert timeouts.cancel("k", "a", request_id="r1") is CancelResult.CANCELLED
+        assert (store.stats()["round_trips"], transport.stats()["round_trips"]) == (
+            trips[0] + 1,
+            trips[1],
+        )
+        assert timeouts.cancel_many([("k", "b"), ("k", "nope")]) == [
+            CancelResult.CANCELLED,
+            CancelResult.NOT_FOUND,
+        ]
+        assert native == []  # the store's script withdrew the messages
+        assert sorted(_queued(transport)) == ["k:keep:1"]
+        # a re-sent cancel answers as the first did and removes nothing more
+        assert timeouts.cancel("k", "a", request_id="r1") is CancelResult.CANCELLED
+        assert timeouts.cancel("k", "a") is CancelResult.ALREADY_CANCELLED
+        assert sorted(_queued(transport)) == ["k:keep:1"]
+        # not_found left no marker: the key schedules afresh
+        assert timeouts.schedule("k", "nope", after=timedelta(seconds=1)).generation == 1
+        clock.advance(2)
+        _fire_all(timeouts, fired, 2)
+    assert sorted(d.key for d in fired) == ["keep", "nope"]
+
+
+def test_a_fused_cancel_leaves_a_held_message_to_its_consumer(
+    pair: tuple[RedisTransport, RedisStore, FakeClock],
+) -> None:
+    """A message a consumer holds is not withdrawn: the claim decides (here: dropped, since
+    the record was cancelled), so nothing the consumer holds disappears under it."""
+    transport, store, clock = pair
+    with Timeouts(transport, store, clock=clock) as timeouts:
+        timeouts.schedule("k", "held", after=timedelta(seconds=1))
+        clock.advance(2)
+        (delivery,) = transport.receive(10, 0, 30)
+        assert timeouts.cancel("k", "held") is CancelResult.CANCELLED
+        assert transport.counts() == {"due": 0, "inflight": 1}
+        claim = store.claim(
+            [
+                ClaimRequest(
+                    TimeoutMessage.decode(delivery.body),
+                    "owner",
+                    30_000,
+                    3,
+                    OrphanPolicy.FIRE,
+                    DAY,
+                )
+            ]
+        )[0]
+        assert claim.result is ClaimResult.CANCELLED
+        transport.ack([delivery])
+        assert transport.counts() == {"due": 0, "inflight": 0}
+
+
+def test_a_store_that_cannot_fuse_cancels_then_cancels_natively(
+    pair: tuple[RedisTransport, RedisStore, FakeClock],
+) -> None:
+    transport, store, clock = pair
+    counting = CountingTransport(transport)
+    assert store.cancel_and_withdraw(counting, []) is None
+    with Timeouts(counting, store, clock=clock) as timeouts:
+        timeouts.schedule("k", "x", after=timedelta(seconds=1))
+        assert timeouts.cancel("k", "x") is CancelResult.CANCELLED
+    assert counting.calls["cancel"] == 1
+    assert _queued(transport) == {}
+
+
+def test_a_re_sent_fused_cancel_after_a_lost_reply_answers_cancelled(
+    redis_server: RedisServer,
+) -> None:
+    proxy = DroppingProxy(redis_server.port)
+    url = f"redis://127.0.0.1:{proxy.port}/0?prefix=f{uuid.uuid4().hex[:10]}"
+    transport, store = open_transport(url, SYSTEM_CLOCK), open_store(url, SYSTEM_CLOCK)
+    try:
+        with Timeouts(transport, store) as timeouts:
+            timeouts.schedule("k", "c", after=timedelta(hours=1))
+            timeouts.cancel("k", "warm")
+            proxy.arm(store.conn.script("store_cancel.lua").sha.encode())
+            assert timeouts.cancel("k", "c") is CancelResult.CANCELLED
+            assert proxy.dropped == 1  # Redis applied the first call; its reply never came
+        assert _queued(transport) == {}
     finally:
         transport.close()
         store.close()

@@ -24,12 +24,12 @@ operation and enqueues nothing more: the first run's message is already there.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from dtimeout.clock import Clock, is_fake
 from dtimeout.errors import ValidationError
+from dtimeout.ids import unique_id
 from dtimeout.interfaces import (
     CancelOutcome,
     CancelRequest,
@@ -118,7 +118,7 @@ class RedisStore(Store):
                     f"timeout {r.kind}/{r.key}: due time plus retention is beyond what the Redis "
                     "store keeps exactly (the year 5138)"
                 )
-        op = uuid.uuid4().hex[:16]
+        op = unique_id()
         sent = queue is not None
 
         def outcome(item: tuple[int, ScheduleRequest], reply: Any) -> ScheduleOutcome:
@@ -175,14 +175,34 @@ class RedisStore(Store):
         )
 
     def cancel(self, requests: Sequence[CancelRequest]) -> list[CancelOutcome]:
+        return self._cancel(requests, None)
+
+    def cancel_and_withdraw(
+        self, transport: Transport, requests: Sequence[CancelRequest]
+    ) -> list[CancelOutcome] | None:
+        """Cancel and remove each cancelled timeout's waiting message in the same script, when
+        ``transport`` shares this store's queue (as for :meth:`schedule_and_send`); None
+        otherwise. One round trip instead of a cancel and a native cancel."""
+        if not isinstance(transport, RedisTransport) or not fusion.can_fuse(
+            self.settings, transport.settings
+        ):
+            return None
+        return self._cancel(requests, transport.shards[0])
+
+    def _cancel(
+        self, requests: Sequence[CancelRequest], queue: ShardKeys | None
+    ) -> list[CancelOutcome]:
         if not requests:
             return []
         replies = self.conn.batched(
             "store_cancel.lua",
             requests,
             lambda r: self._key(r.kind, r.key),
-            lambda r: r.request_id,
-            [],
+            (lambda r: r.request_id)
+            if queue is None
+            else (lambda r: (r.request_id, f"{r.kind}:{r.key}:")),
+            [] if queue is None else ["1"],
+            extra_keys=[] if queue is None else [queue.due, queue.body, queue.count],
         )
         out: list[CancelOutcome] = []
         for reply in replies:
@@ -271,7 +291,7 @@ class RedisStore(Store):
                 max_attempts,
                 error,
                 retention_ms,
-                uuid.uuid4().hex[:16],
+                unique_id(),
             ],
         )
         answer = json.loads(reply)
@@ -288,7 +308,7 @@ class RedisStore(Store):
         reply = self.conn.run(
             "store_abandon.lua",
             [self._key(kind, key)],
-            [self.conn.now_arg(), generation, state.value, reason, uuid.uuid4().hex[:16]],
+            [self.conn.now_arg(), generation, state.value, reason, unique_id()],
         )
         return SettleResult(decode(reply))
 
@@ -372,7 +392,7 @@ def _fused_args(item: tuple[int, ScheduleRequest]) -> tuple[int, str, int, int, 
     index, request = item
     return (
         request.due_at_ms,
-        _payload_json(request.payload),
+        request.payload_json or _payload_json(request.payload),
         request.retention_ms,
         index,
         f"{request.kind}:{request.key}:",
@@ -382,7 +402,8 @@ def _fused_args(item: tuple[int, ScheduleRequest]) -> tuple[int, str, int, int, 
 
 def _plain_args(item: tuple[int, ScheduleRequest]) -> tuple[int, str, int, int]:
     index, request = item
-    return (request.due_at_ms, _payload_json(request.payload), request.retention_ms, index)
+    payload = request.payload_json or _payload_json(request.payload)
+    return (request.due_at_ms, payload, request.retention_ms, index)
 
 
 # ``encode_payload`` builds a JSONEncoder per call (json.dumps with options); one, reused, writes

@@ -24,11 +24,11 @@ from __future__ import annotations
 import json
 import math
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from dtimeout.clock import Clock, is_fake
+from dtimeout.ids import unique_id
 from dtimeout.interfaces import (
     CancelRef,
     Delivery,
@@ -115,7 +115,7 @@ class RedisTransport(Transport):
     def _poll(self, wanted: int, lease_ms: int) -> tuple[list[Delivery], int, int]:
         """One pass over the shards; returns deliveries, the earliest next due time, now."""
         self.polls += 1
-        token = uuid.uuid4().hex[:12]
+        token = unique_id()
         count = len(self.shards)
         start = self._cursor % count
         self._cursor += wanted % count or 1  # the next call's extra shares go to the next shards

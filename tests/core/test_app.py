@@ -312,11 +312,9 @@ def test_consumer_survives_a_transport_outage(clock: FakeClock) -> None:
     t.handler("payment")(lambda d: fired.append(d.key))
     t.schedule("payment", "k", after=0)
     c = t.consumer(wait_seconds=0)
+    deadline = time.monotonic() + 60
     c.run(stop_when=lambda: bool(fired) or time.monotonic() > deadline)
     assert fired == ["k"]
-
-
-deadline = time.monotonic() + 60
 
 
 def test_stop_finishes_in_flight_work(clock: FakeClock) -> None:
@@ -382,6 +380,7 @@ def test_a_settlement_outage_keeps_the_job_and_settles_it_later(clock: FakeClock
     t.handler("payment")(lambda d: runs.append(d.attempt))
     t.schedule("payment", "k", after=0)
     c = t.consumer(wait_seconds=0.01)
+    deadline = time.monotonic() + 60
     c.run(stop_when=lambda: c.stats.fired == 1 or time.monotonic() > deadline)
     assert runs == [1] and c.stats.fired == 1
     record = t.status("payment", "k")

@@ -146,6 +146,7 @@ class Consumer:
         self._jobs: set[_Job] = set()  # claimed and not yet settled
         self._unsettled: list[_Job] = []  # finished; complete/ack (or release) still to do
         self._settler: _Settler | None = None  # started once a fused settlement worked
+        self._settle_chunk = max(1, self.max_in_flight // 2)  # jobs per settler batch
         self._heartbeat_at = time.monotonic() + self.heartbeat_seconds
         self._purge_at = time.monotonic() + purge_every_seconds
         self._stats_lock = threading.Lock()
@@ -203,7 +204,10 @@ class Consumer:
         self._settle()
         self._maintain()
         free = self.max_in_flight - len(self._jobs)
-        if free <= 0:
+        settler = self._settler
+        if free <= 0 or (settler is not None and settler.busy and free < self._settle_chunk):
+            # full, or nearly and a settlement is about to free a chunk: a tiny receive would
+            # cost the server a call's overhead for a handful of messages
             self._settle(wait=min(self.heartbeat_seconds, 0.5))
             return 0
         wait_for = 0.0 if self._jobs else self.wait_seconds
@@ -457,6 +461,9 @@ class Consumer:
         ok = [j for j in self._unsettled if j.error is None]
         if ok and (settler is None or not settler.busy):
             if settler is not None:
+                # at most half the capacity at a time: the other half can be received and
+                # claimed meanwhile, so the server always has the next call waiting
+                ok = ok[: self._settle_chunk]
                 for job in ok:
                     job.settling = True
                 settler.submit(ok)
@@ -464,7 +471,8 @@ class Consumer:
                 self._book(ok, self._complete_and_ack(ok))
                 if self._fuse_settle:
                     self._settler = _Settler(self._complete_and_ack)
-            self._unsettled = [j for j in self._unsettled if j.error is not None]
+            sent = set(ok)
+            self._unsettled = [j for j in self._unsettled if j not in sent]
         for job in [j for j in self._unsettled if j.error is not None]:
             self._failed(job)
             self._unsettled.remove(job)

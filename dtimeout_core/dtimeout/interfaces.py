@@ -13,7 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from dtimeout.clock import Clock
 from dtimeout.model import (
@@ -106,9 +106,9 @@ class ReceiveClaimRequest:
     kinds: frozenset[str]  # kinds with a handler; messages of others come back unclaimed
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimedDelivery:
-    """A message received and claimed in one step: the handler may run now."""
+class ClaimedDelivery(NamedTuple):
+    """A message received and claimed in one step: the handler may run now. (A named tuple:
+    one is built per fired timeout, and a frozen dataclass costs three times as much.)"""
 
     delivery: Delivery  # its ``body`` may be empty: the record, not the message, is what fires
     lease: LeaseRef

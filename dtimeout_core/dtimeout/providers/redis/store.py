@@ -364,32 +364,15 @@ class RedisStore(Store):
 
     def _received(self, reply: list[Any], request: ReceiveClaimRequest) -> ReceivedClaims:
         """The script's items as the consumer's objects; this runs once per fired timeout, so
-        it builds only what the handler and the settlement need (the record is not rebuilt)."""
+        it builds only what the handler and the settlement need (the record is not rebuilt)
+        and decodes all payloads in one call."""
         out = ReceivedClaims()
         claimed, settled = out.claimed, out.settled
-        prefix, cut = request.owner_prefix, len(request.call_id) + 1
-        loads = json.loads
+        claims: list[list[Any]] = []
         for item in reply[2:]:
             tag = item[0]
             if tag == "c":
-                _, mid, token, count, generation, due_ms, attempts, orphan, payload = item
-                kind, _, rest = mid.partition(":")
-                key = rest[: rest.rindex(":")]
-                claimed.append(
-                    ClaimedDelivery(
-                        Delivery(mid, b"", (0, token), count),
-                        LeaseRef(kind, key, generation, prefix + token[cut:]),
-                        DueTimeout(
-                            kind,
-                            key,
-                            loads(payload),
-                            to_datetime(due_ms),
-                            generation,
-                            attempts,
-                        ),
-                        orphan == "1",
-                    )
-                )
+                claims.append(item)
             elif tag == "p":
                 _, mid, body, count, token = item
                 out.deliveries.append(
@@ -399,6 +382,20 @@ class RedisStore(Store):
                 settled.append(
                     (item[1], _CLAIM_RESULTS[item[2]] if tag != "x" else ClaimResult.DEAD, item[2])
                 )
+        prefix, cut = request.owner_prefix, len(request.call_id) + 1
+        payloads = _payloads([item[8] for item in claims])
+        for item, payload in zip(claims, payloads, strict=True):
+            _, mid, token, count, generation, due_ms, attempts, orphan, _ = item
+            kind, _, rest = mid.partition(":")
+            key = rest[: rest.rindex(":")]
+            claimed.append(
+                ClaimedDelivery(
+                    Delivery(mid, b"", (0, token), count),
+                    LeaseRef(kind, key, generation, prefix + token[cut:]),
+                    DueTimeout(kind, key, payload, to_datetime(due_ms), generation, attempts),
+                    orphan == "1",
+                )
+            )
         self.fused_claims += len(claimed)
         return out
 
@@ -541,6 +538,22 @@ _NEEDS_MESSAGE = frozenset(r.value for r in ScheduleResult if r.needs_message)
 _SCHEDULE_RESULTS = {r.value: r for r in ScheduleResult}
 _CLAIM_RESULTS = {r.value: r for r in ClaimResult}
 _SETTLE_RESULTS = {r.value: r for r in SettleResult}
+
+
+def _payloads(texts: list[str]) -> list[Any]:
+    """Payload JSON texts decoded in one call (a call per payload cost more than building the
+    rest of the job). Every text is one JSON value our encoder wrote, so the joined array has
+    exactly one element per text; anything else is decoded one by one, which raises on the
+    text that is not JSON, as decoding a record does."""
+    if not texts:
+        return []
+    try:
+        values = json.loads(f"[{','.join(texts)}]")
+        if isinstance(values, list) and len(values) == len(texts):
+            return values
+    except ValueError:
+        pass
+    return [json.loads(text) for text in texts]
 
 
 def _json_text(values: Sequence[Any]) -> str:

@@ -7,6 +7,11 @@ safe as a running one. Results are settled
 in batches (one ``complete`` and one ``ack`` call for all that finished), which keeps round trips
 per timeout low at load.
 
+A store that shares a server with the transport may fuse the steps (``Store.receive_and_claim``,
+``Store.complete_and_ack``: Redis on one queue). Then each cycle is one call to receive and
+claim, and settlements after the first run on a settler thread, one batch at a time, so the
+server settles one batch while this loop receives and claims the next.
+
 Transient provider failures are retried by ``RetryPolicy``; when retries give up inside ``run()``
 the loop logs, backs off and resumes (a broker restart never kills a consumer). Handler
 exceptions release the timeout with exponential backoff and dead-letter it after
@@ -19,6 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -29,7 +35,14 @@ from typing import TYPE_CHECKING, Any
 
 from dtimeout.clock import Clock, to_datetime
 from dtimeout.errors import DtimeoutError, MalformedMessageError, ProviderError
-from dtimeout.interfaces import ClaimOutcome, ClaimRequest, Delivery, LeaseRef
+from dtimeout.interfaces import (
+    ClaimOutcome,
+    ClaimRequest,
+    Delivery,
+    LeaseRef,
+    ReceiveClaimRequest,
+    ReceivedClaims,
+)
 from dtimeout.model import (
     ClaimResult,
     DueTimeout,
@@ -88,6 +101,7 @@ class _Job:
     duration_ms: int = 0
     gate: threading.Lock = field(default_factory=threading.Lock)
     leased_at: float = field(default_factory=time.monotonic)  # claim or last renewal
+    settling: bool = False  # with the settler thread, which completes it right now
 
 
 class Consumer:
@@ -120,6 +134,10 @@ class Consumer:
         self.stats = ConsumerStats()
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._claims = 0
+        # Fused steps (Store.receive_and_claim / complete_and_ack): tried until the store
+        # answers None once, i.e. it cannot fuse with this transport.
+        self._fuse_receive = True
+        self._fuse_settle = True
         self._stop = threading.Event()
         # Handlers always run on workers, never on the loop thread, so the loop can keep
         # heartbeating the leases of long handlers (and of claimed jobs waiting for a worker).
@@ -127,6 +145,8 @@ class Consumer:
         self.max_in_flight = max(self.batch_size, concurrency)
         self._jobs: set[_Job] = set()  # claimed and not yet settled
         self._unsettled: list[_Job] = []  # finished; complete/ack (or release) still to do
+        self._settler: _Settler | None = None  # started once a fused settlement worked
+        self._settle_chunk = max(1, self.max_in_flight // 2)  # jobs per settler batch
         self._heartbeat_at = time.monotonic() + self.heartbeat_seconds
         self._purge_at = time.monotonic() + purge_every_seconds
         self._stats_lock = threading.Lock()
@@ -184,14 +204,20 @@ class Consumer:
         self._settle()
         self._maintain()
         free = self.max_in_flight - len(self._jobs)
-        if free <= 0:
+        settler = self._settler
+        if free <= 0 or (settler is not None and settler.busy and free < self._settle_chunk):
+            # full, or nearly and a settlement is about to free a chunk: a tiny receive would
+            # cost the server a call's overhead for a handful of messages
             self._settle(wait=min(self.heartbeat_seconds, 0.5))
             return 0
         wait_for = 0.0 if self._jobs else self.wait_seconds
+        wanted = min(self.batch_size, free)
+        if self._fuse_receive:
+            fused = self._receive_and_claim(wanted, wait_for)
+            if fused is not None:
+                return fused
         deliveries = self._call(
-            lambda: self.transport.receive(
-                min(self.batch_size, free), wait_for, self.lease_seconds
-            ),
+            lambda: self.transport.receive(wanted, wait_for, self.lease_seconds),
             "transport.receive",
         )
         if not deliveries:
@@ -227,8 +253,12 @@ class Consumer:
             )
 
     def close(self) -> None:
-        """Drain, then stop the worker threads. The consumer cannot run after this."""
+        """Drain, then stop the worker and settler threads. The consumer cannot run after
+        this."""
         self.drain()
+        if self._settler is not None:
+            self._settler.close()
+            self._settler = None
         if self._workers is not None:
             self._workers.close()
             self._workers = None
@@ -240,6 +270,60 @@ class Consumer:
         self.close()
 
     # -- one batch -------------------------------------------------------------------------------
+
+    def _receive_and_claim(self, wanted: int, wait_for: float) -> int | None:
+        """The fused receive → claim (``Store.receive_and_claim``): claimed jobs go to the
+        workers, what the store settled itself is counted as ``_route`` would, and what it left
+        unclaimed takes the usual path. None when the store cannot fuse (then never again)."""
+        self._claims += 1
+        call = uuid.uuid4().hex[:12]  # the same id on every retry of this call
+        request = ReceiveClaimRequest(
+            wanted,
+            wait_for,
+            self.timeouts.lease_ms,
+            call,
+            f"{self.id}:{self._claims}.",
+            self.timeouts.max_attempts,
+            self.timeouts.orphans,
+            self.timeouts.retention_ms,
+            frozenset(self.timeouts.handlers),
+        )
+        got: ReceivedClaims | None = self._call(
+            lambda: self.store.receive_and_claim(self.transport, request),
+            "store.receive_and_claim",
+        )
+        if got is None:
+            self._fuse_receive = False
+            return None
+        received = got.received
+        if not received:
+            if self._jobs:
+                self._settle(wait=min(self.wait_seconds, 0.05))
+            return 0
+        self.stats.received += received
+        handlers, clock = self.timeouts.handlers, self.timeouts.clock
+        for claimed in got.claimed:
+            if claimed.orphan:
+                self.stats.orphans += 1
+                log.warning(
+                    "firing orphan %s: its record was missing (expired or wiped)",
+                    claimed.delivery.message_id,
+                )
+            due = claimed.due
+            self._start(_Job(claimed.delivery, claimed.lease, due, handlers[due.kind], clock))
+        for message_id, result, reason in got.settled:
+            if result is ClaimResult.NOT_DUE or result is ClaimResult.BUSY:
+                self.stats.requeued += 1
+            elif result is ClaimResult.DEAD:
+                self._dead_lettered(message_id, reason)
+            else:
+                self.stats.drop(result.value)
+                self.timeouts.emit(
+                    "dtimeout_message_dropped", message_id=message_id, reason=result.value
+                )
+        if got.deliveries:
+            self._dispatch(got.deliveries)
+        return received
 
     def _dispatch(self, deliveries: list[Delivery]) -> None:
         claims: list[tuple[Delivery, ClaimRequest]] = []
@@ -357,31 +441,79 @@ class Consumer:
         """Complete and ack (or release) finished jobs in batches. A job leaves the books only
         when its settlement succeeded: if the store or transport fails past the retries, the
         jobs stay and the next cycle tries again (complete and release are idempotent for the
-        lease owner)."""
+        lease owner).
+
+        With a fusing store (one ``complete_and_ack`` call settles a batch), batches after the
+        first go to the settler thread, one at a time, and this only collects their answers:
+        Redis settles one batch while this thread receives and claims the next, instead of
+        each waiting for the other."""
+        settler = self._settler
+        done: tuple[list[_Job], list[SettleResult] | Exception] | None = None
+        if settler is not None and settler.busy:
+            done = settler.result(wait)  # the batch out frees capacity soonest: wait for it
+            wait = None
         if self._workers is not None and self._jobs:
             self._unsettled.extend(self._workers.finished(wait=wait))
+        if done is not None:
+            self._settled(*done)
         if not self._unsettled:
             return
         ok = [j for j in self._unsettled if j.error is None]
-        if ok:
-            answers = self._call(
-                lambda: self.store.complete([j.lease for j in ok]), "store.complete"
-            )
-            acked = [j for j, a in zip(ok, answers, strict=True) if a is SettleResult.COMPLETED]
-            if acked:
-                self._call(lambda: self.transport.ack([j.delivery for j in acked]), "transport.ack")
-            for job, answer in zip(ok, answers, strict=True):
-                self._jobs.discard(job)
-                if answer is SettleResult.COMPLETED:
-                    self._fired(job)
-                else:  # lost the lease: redelivery and the store decide; do not ack
-                    log.warning("lease lost before completing %s", job.lease)
-            self._unsettled = [j for j in self._unsettled if j.error is not None]
-        while self._unsettled:
-            job = self._unsettled[0]
+        if ok and (settler is None or not settler.busy):
+            if settler is not None:
+                # at most half the capacity at a time: the other half can be received and
+                # claimed meanwhile, so the server always has the next call waiting
+                ok = ok[: self._settle_chunk]
+                for job in ok:
+                    job.settling = True
+                settler.submit(ok)
+            else:
+                self._book(ok, self._complete_and_ack(ok))
+                if self._fuse_settle:
+                    self._settler = _Settler(self._complete_and_ack)
+            sent = set(ok)
+            self._unsettled = [j for j in self._unsettled if j not in sent]
+        for job in [j for j in self._unsettled if j.error is not None]:
             self._failed(job)
-            self._unsettled.pop(0)
+            self._unsettled.remove(job)
             self._jobs.discard(job)
+
+    def _settled(self, jobs: list[_Job], answers: list[SettleResult] | Exception) -> None:
+        """Book what the settler did; a failed settlement puts its jobs back and raises."""
+        if isinstance(answers, Exception):
+            for job in jobs:
+                job.settling = False
+            self._unsettled[:0] = jobs
+            raise answers
+        self._book(jobs, answers)
+
+    def _book(self, jobs: list[_Job], answers: list[SettleResult]) -> None:
+        for job, answer in zip(jobs, answers, strict=True):
+            self._jobs.discard(job)
+            if answer is SettleResult.COMPLETED:
+                self._fired(job)
+            else:  # lost the lease: redelivery and the store decide; do not ack
+                log.warning("lease lost before completing %s", job.lease)
+
+    def _complete_and_ack(self, jobs: list[_Job]) -> list[SettleResult]:
+        """Complete the jobs' leases and ack the messages of those completed: one fused call
+        when the store can (``Store.complete_and_ack``), else ``complete`` then ``ack``."""
+        if self._fuse_settle:
+            items = [(j.lease, j.delivery) for j in jobs]
+            fused: list[SettleResult] | None = self._call(
+                lambda: self.store.complete_and_ack(self.transport, items),
+                "store.complete_and_ack",
+            )
+            if fused is not None:
+                return fused
+            self._fuse_settle = False
+        answers: list[SettleResult] = self._call(
+            lambda: self.store.complete([j.lease for j in jobs]), "store.complete"
+        )
+        acked = [j for j, a in zip(jobs, answers, strict=True) if a is SettleResult.COMPLETED]
+        if acked:
+            self._call(lambda: self.transport.ack([j.delivery for j in acked]), "transport.ack")
+        return answers
 
     def _fired(self, job: _Job) -> None:
         lateness = job.started_ms - int(job.due.due_at.timestamp() * 1000)
@@ -431,11 +563,12 @@ class Consumer:
 
     def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         self._call(lambda: self.transport.dead_letter(delivery, reason), "transport.dead_letter")
+        self._dead_lettered(delivery.message_id, reason)
+
+    def _dead_lettered(self, message_id: str, reason: str) -> None:
         self.stats.dead_lettered += 1
-        log.warning("dead-lettered %s: %s", delivery.message_id, reason)
-        self.timeouts.emit(
-            "dtimeout_message_dead_lettered", message_id=delivery.message_id, reason=reason
-        )
+        log.warning("dead-lettered %s: %s", message_id, reason)
+        self.timeouts.emit("dtimeout_message_dead_lettered", message_id=message_id, reason=reason)
 
     # -- housekeeping ----------------------------------------------------------------------------
 
@@ -457,7 +590,11 @@ class Consumer:
         Only leases a heartbeat old are renewed: quick jobs settle before they need it."""
         now = time.monotonic()
         self._heartbeat_at = now + self.heartbeat_seconds
-        running = [j for j in self._jobs if now - j.leased_at >= self.heartbeat_seconds]
+        # A job with the settler is being completed right now: renewing it would race the
+        # completion (and answer "lost" once it is done), as the loop never did while settling.
+        running = [
+            j for j in self._jobs if not j.settling and now - j.leased_at >= self.heartbeat_seconds
+        ]
         if not running:
             return
         for job in running:
@@ -477,6 +614,55 @@ class Consumer:
 
     def _call(self, fn: Callable[[], Any], what: str) -> Any:
         return self.timeouts.retry.call(fn, what=what)
+
+
+class _Settler:
+    """A thread that settles one batch of finished jobs at a time (``settle(jobs)`` answers
+    per job, or raises). The loop submits a batch and later collects ``(jobs, answers)`` or
+    ``(jobs, error)``; it alone keeps the books, so nothing here touches the consumer's state."""
+
+    def __init__(self, settle: Callable[[list[_Job]], list[SettleResult]]) -> None:
+        self._settle = settle
+        self._inbox: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[tuple[list[_Job], list[SettleResult] | Exception]] = (
+            queue.SimpleQueue()
+        )
+        self.busy = False  # a batch is out (read and written by the loop thread only)
+        self._thread = threading.Thread(target=self._loop, name="dtimeout-settler", daemon=True)
+        self._thread.start()
+
+    def submit(self, jobs: list[_Job]) -> None:
+        assert not self.busy, "one batch at a time"
+        self.busy = True
+        self._inbox.put(jobs)
+
+    def result(
+        self, wait: float | None
+    ) -> tuple[list[_Job], list[SettleResult] | Exception] | None:
+        """The batch out, once settled; None while it is not (waiting up to ``wait``)."""
+        try:
+            if wait is None:
+                done = self._outbox.get_nowait()
+            else:
+                done = self._outbox.get(timeout=max(wait, 0.0))
+        except queue.Empty:
+            return None
+        self.busy = False
+        return done
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread; a batch still out after a drain gave up on it (the store is down)
+        is left to lease expiry, as the serial loop would leave it."""
+        self._inbox.put(None)
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while (jobs := self._inbox.get()) is not None:
+            try:
+                answers: list[SettleResult] | Exception = self._settle(jobs)
+            except Exception as exc:  # handed to the loop, which raises it as its own
+                answers = exc
+            self._outbox.put((jobs, answers))
 
 
 def _run(job: _Job) -> None:

@@ -13,12 +13,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from dtimeout.clock import Clock
 from dtimeout.model import (
     CancelResult,
     ClaimResult,
+    DueTimeout,
     OrphanPolicy,
     ScheduleResult,
     SettleResult,
@@ -92,6 +93,48 @@ class LeaseRef:
     owner: str
 
 
+@dataclass(frozen=True, slots=True)
+class ReceiveClaimRequest:
+    """What ``Store.receive_and_claim`` receives and claims: the transport's receive arguments
+    and the claim's (see :class:`ClaimRequest`), for a whole batch."""
+
+    max_messages: int
+    wait_seconds: float
+    lease_ms: int  # of the message and of the record alike
+    call_id: str  # the same id on a re-send answers as the first call did
+    owner_prefix: str  # the claim of the call's i-th message is owned by f"{owner_prefix}{i}"
+    max_attempts: int
+    orphan_policy: OrphanPolicy
+    retention_ms: int
+    kinds: frozenset[str]  # kinds with a handler; messages of others come back unclaimed
+
+
+class ClaimedDelivery(NamedTuple):
+    """A message received and claimed in one step: the handler may run now. (A named tuple:
+    one is built per fired timeout, and a frozen dataclass costs three times as much.)"""
+
+    delivery: Delivery  # its ``body`` may be empty: the record, not the message, is what fires
+    lease: LeaseRef
+    due: DueTimeout
+    orphan: bool = False
+
+
+@dataclass(slots=True)
+class ReceivedClaims:
+    """The answer of ``Store.receive_and_claim``; empty lists are the normal "nothing due"."""
+
+    claimed: list[ClaimedDelivery] = field(default_factory=list)
+    # received and leased, not claimed: for the consumer's usual path (decode, claim, route)
+    deliveries: list[Delivery] = field(default_factory=list)
+    # (message id, what the claim found, reason) of messages the store already settled:
+    # dropped (acked), re-queued (NOT_DUE, BUSY) or dead-lettered (DEAD, with the reason)
+    settled: list[tuple[str, ClaimResult, str]] = field(default_factory=list)
+
+    @property
+    def received(self) -> int:
+        return len(self.claimed) + len(self.deliveries) + len(self.settled)
+
+
 class Store(ABC):
     """Keeps each timeout's record and applies the transitions of ``dtimeout.model`` atomically.
 
@@ -120,6 +163,27 @@ class Store(ABC):
         store cannot do it for this transport; the caller then calls :meth:`schedule` and
         ``transport.send`` as usual.
         """
+        return None
+
+    def receive_and_claim(
+        self, transport: Transport, request: ReceiveClaimRequest
+    ) -> ReceivedClaims | None:
+        """Optional fast path: ``transport.receive`` and ``claim`` of what it received, in one
+        step. Messages whose claim drops, re-queues or dead-letters them are settled on the
+        transport by the same step (``settled``); what the store cannot decide alone (a body it
+        does not recognise byte for byte, a kind without handler, an orphan to fire) comes back
+        leased and unclaimed in ``deliveries``.
+
+        Only a store that shares a server with ``transport`` can do this (see
+        :meth:`schedule_and_send`). Return None when this store cannot do it for this
+        transport; the caller then receives and claims as usual."""
+        return None
+
+    def complete_and_ack(
+        self, transport: Transport, items: Sequence[tuple[LeaseRef, Delivery]]
+    ) -> list[SettleResult] | None:
+        """Optional fast path: ``complete`` each lease and ``transport.ack`` the delivery of each
+        one COMPLETED, in one step. None when this store cannot do it for this transport."""
         return None
 
     @abstractmethod

@@ -8,7 +8,20 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dtimeout.consumer import Consumer
-from dtimeout.interfaces import OutgoingMessage, Store, Transport
+from dtimeout.interfaces import (
+    CancelOutcome,
+    CancelRequest,
+    Delivery,
+    LeaseRef,
+    OutgoingMessage,
+    ReceiveClaimRequest,
+    ReceivedClaims,
+    ScheduleOutcome,
+    ScheduleRequest,
+    Store,
+    Transport,
+)
+from dtimeout.model import SettleResult, TimeoutMessage
 
 
 class CountingTransport(Transport):
@@ -88,6 +101,52 @@ class CountingStore(Store):
         self._count("schedule", len(requests))
         return self.inner.schedule(requests)
 
+    def schedule_and_send(
+        self, transport: Transport, requests: Sequence[ScheduleRequest]
+    ) -> list[ScheduleOutcome] | None:
+        """Forwards the fused schedule with the wrapped transport unwrapped (the inner store
+        fuses only with its own kind of transport), counting its items as schedule writes and
+        every message it enqueued as sent on the ``CountingTransport``, as if the app had sent
+        it: "no new message" checks then mean the same on both paths."""
+        outcomes = self.inner.schedule_and_send(_unwrap(transport), requests)
+        if outcomes is None:
+            return None
+        self._count("schedule", len(requests))
+        if isinstance(transport, CountingTransport):
+            for o in outcomes:
+                if o.sent:
+                    t = o.timeout
+                    body = TimeoutMessage(t.kind, t.key, t.generation, t.due_at_ms, t.payload)
+                    transport.sent.append(
+                        OutgoingMessage(t.idempotency_key, body.encode(), t.due_at_ms)
+                    )
+        return outcomes
+
+    def receive_and_claim(
+        self, transport: Transport, request: ReceiveClaimRequest
+    ) -> ReceivedClaims | None:
+        """Forwards the fused receive → claim, counted as a receive on the ``CountingTransport``
+        and as a claim of the messages it claimed here."""
+        got = self.inner.receive_and_claim(_unwrap(transport), request)
+        if got is None:
+            return None
+        if isinstance(transport, CountingTransport):
+            transport.calls["receive"] += 1
+        self._count("claim", got.received - len(got.deliveries))
+        return got
+
+    def complete_and_ack(
+        self, transport: Transport, items: Sequence[tuple[LeaseRef, Delivery]]
+    ) -> list[SettleResult] | None:
+        """Forwards the fused complete → ack, counted as both."""
+        answers = self.inner.complete_and_ack(_unwrap(transport), items)
+        if answers is None:
+            return None
+        self._count("complete", len(items))
+        if isinstance(transport, CountingTransport):
+            transport.calls["ack"] += 1
+        return answers
+
     def attach_handles(self, items: Any) -> None:
         self._count("attach_handles", len(items))
         self.inner.attach_handles(items)
@@ -95,6 +154,16 @@ class CountingStore(Store):
     def cancel(self, requests: Any) -> Any:
         self._count("cancel", len(requests))
         return self.inner.cancel(requests)
+
+    def cancel_and_withdraw(
+        self, transport: Transport, requests: Sequence[CancelRequest]
+    ) -> list[CancelOutcome] | None:
+        """Forwards the fused cancel with the wrapped transport unwrapped, counted as a cancel
+        (the native cancel it replaces is not counted on the ``CountingTransport``)."""
+        outcomes = self.inner.cancel_and_withdraw(_unwrap(transport), requests)
+        if outcomes is not None:
+            self._count("cancel", len(requests))
+        return outcomes
 
     def claim(self, requests: Any) -> Any:
         self._count("claim", len(requests))
@@ -130,6 +199,10 @@ class CountingStore(Store):
 
     def stats(self) -> dict[str, int]:
         return self.inner.stats()
+
+
+def _unwrap(transport: Transport) -> Transport:
+    return transport.inner if isinstance(transport, CountingTransport) else transport
 
 
 def pump(

@@ -6,7 +6,9 @@ answers it only when that transport is a ``RedisTransport`` whose queue the sche
 reach — same server(s), database, user and key prefix, and a single-shard due index. Then one
 script writes the record and the message (record and message appear together, one round trip
 per batch). In every other case the store answers None and the application does its usual
-``schedule`` then ``send``.
+``schedule`` then ``send``. The consumer's fused steps (``Store.receive_and_claim`` and
+``complete_and_ack``) are offered under the same condition; otherwise it receives, claims,
+completes and acks separately.
 
 Why only one shard: a message's shard is a hash of its id, and the id carries the generation,
 which only the script learns; with several shards the script would need every shard's keys

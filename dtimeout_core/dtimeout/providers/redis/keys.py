@@ -10,6 +10,8 @@ Layout (``P`` is the URL's ``prefix=``, default ``dtimeout``)::
                                  (absent: 0 for a waiting message, 1 for a leased one)
     {P:q:N}:lease         hash   message id -> lease token of the current delivery
     {P:q:N}:dead          hash   message id -> JSON {body, reason, at} of a dead letter
+    {P:q:N}:memo:TOKEN    string ids one fused receive leased (store_receive.lua), for as long
+                                 as their lease: a re-sent call answers again from it
 
 Why these hash tags: a record script touches exactly one record, so the record's identity is its
 tag and records spread over the whole cluster. A transport script touches the five keys of one
@@ -94,6 +96,10 @@ class ShardKeys:
     def all(self) -> list[str]:
         """In the order every transport script expects its KEYS."""
         return [self.due, self.inflight, self.body, self.count, self.lease, self.dead]
+
+    def memo(self, token: str) -> str:
+        """What a fused receive (store_receive.lua) with call ``token`` remembers."""
+        return f"{self.tag}:memo:{token}"
 
     def fused_keys(self) -> list[str]:
         """What a fused schedule (store_schedule.lua) writes besides the records."""

@@ -19,31 +19,44 @@ Fused schedule (``schedule_and_send``, see fusion.py): given the Redis transport
 queue, the schedule script also enqueues each needed message, so record and message are one
 atomic write and one round trip. A re-send after a lost reply is answered from the remembered
 operation and enqueues nothing more: the first run's message is already there.
+
+Fused consumer steps (``receive_and_claim``, ``complete_and_ack``; same condition): one script
+leases due messages and claims their records (store_receive.lua), another completes leases and
+removes their messages (store_complete_ack.lua). Redis does the same work as the separate
+scripts; the consumer saves decoding each body, building a claim per message and a round trip
+per step. A re-sent receive answers from a memo of what its first run leased.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from dtimeout.clock import Clock, is_fake
+from dtimeout.clock import Clock, is_fake, to_datetime
 from dtimeout.errors import ValidationError
 from dtimeout.ids import unique_id
 from dtimeout.interfaces import (
     CancelOutcome,
     CancelRequest,
+    ClaimedDelivery,
     ClaimOutcome,
     ClaimRequest,
+    Delivery,
     LeaseRef,
+    ReceiveClaimRequest,
+    ReceivedClaims,
     ScheduleOutcome,
     ScheduleRequest,
     Store,
     Transport,
 )
 from dtimeout.model import (
+    MESSAGE_VERSION,
     CancelResult,
     ClaimResult,
+    DueTimeout,
     ScheduleResult,
     SettleResult,
     Timeout,
@@ -66,6 +79,8 @@ SCRIPTS = (
     "store_release.lua",
     "store_abandon.lua",
     "store_attach.lua",
+    "store_receive.lua",
+    "store_complete_ack.lua",
 )
 _GET_FIELDS = (K.F_VALUES, K.F_PAYLOAD)
 _SCAN_COUNT = 1000
@@ -82,6 +97,7 @@ class RedisStore(Store):
         self.prefix = settings.prefix
         self.conn = RedisConnection(settings, clock, "store", SCRIPTS, client)
         self.fused = 0  # messages enqueued by schedule_and_send (for stats)
+        self.fused_claims = 0  # timeouts claimed by receive_and_claim (for stats)
 
     def _key(self, kind: str, key: str) -> str:
         return K.record_key(self.prefix, kind, key)
@@ -312,6 +328,123 @@ class RedisStore(Store):
         )
         return SettleResult(decode(reply))
 
+    # -- fused consumer steps --------------------------------------------------------------------
+
+    def _fused_queue(self, transport: Transport) -> ShardKeys | None:
+        """The queue's only shard when this store's scripts may write ``transport``'s queue."""
+        if isinstance(transport, RedisTransport) and fusion.can_fuse(
+            self.settings, transport.settings
+        ):
+            return transport.shards[0]
+        return None
+
+    def receive_and_claim(
+        self, transport: Transport, request: ReceiveClaimRequest
+    ) -> ReceivedClaims | None:
+        """Receive and claim in one script (store_receive.lua), when ``transport`` is the Redis
+        transport of this store's queue with one shard (see fusion.py); None otherwise.
+
+        Waits like ``RedisTransport.receive``: when nothing is due, sleeps until the earliest
+        due time (at most the transport's ``poll_interval``) and asks again, up to
+        ``wait_seconds``. Every poll of the call carries ``request.call_id``, so a re-sent
+        poll whose reply was lost answers again from the first run's memo and leases nothing
+        more (and re-claims with the same owners: the same attempts, never a second fire)."""
+        shard = self._fused_queue(transport)
+        if shard is None:
+            return None
+        assert isinstance(transport, RedisTransport)
+        keys = [*shard.all(), shard.memo(request.call_id)]
+        common = [
+            max(1, request.max_messages),
+            max(1, request.lease_ms),
+            request.call_id,
+            request.owner_prefix,
+            request.max_attempts,
+            request.orphan_policy.value,
+            request.retention_ms,
+            _json_text(sorted(request.kinds)),
+            K.record_key(self.prefix, "", "")[:-2],  # 'P:t:{'
+            f'{{"v":{MESSAGE_VERSION},"kind":',
+        ]
+        deadline = time.monotonic() + max(0.0, request.wait_seconds)
+        while True:
+            raw = self.conn.run("store_receive.lua", keys, [self.conn.now_arg(), *common])
+            # bodies handed back unclaimed may not be UTF-8: surrogateescape keeps their bytes
+            reply = json.loads(raw.decode("utf-8", "surrogateescape"))
+            if len(reply) > 2:
+                return self._received(reply, request)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return ReceivedClaims()
+            pause = min(remaining, transport.settings.poll_interval)
+            next_due, server_now = int(reply[1]), int(reply[0])
+            if next_due >= 0 and not is_fake(self.clock):
+                pause = min(pause, max(0.001, (next_due - server_now) / 1000))
+            time.sleep(pause)  # real time even on a fake clock: the test moves that one
+
+    def _received(self, reply: list[Any], request: ReceiveClaimRequest) -> ReceivedClaims:
+        """The script's items as the consumer's objects; this runs once per fired timeout, so
+        it builds only what the handler and the settlement need (the record is not rebuilt)
+        and decodes all payloads in one call."""
+        out = ReceivedClaims()
+        claimed, settled = out.claimed, out.settled
+        claims: list[list[Any]] = []
+        for item in reply[2:]:
+            tag = item[0]
+            if tag == "c":
+                claims.append(item)
+            elif tag == "p":
+                _, mid, body, count, token = item
+                out.deliveries.append(
+                    Delivery(mid, body.encode("utf-8", "surrogateescape"), (0, token), count)
+                )
+            else:
+                settled.append(
+                    (item[1], _CLAIM_RESULTS[item[2]] if tag != "x" else ClaimResult.DEAD, item[2])
+                )
+        prefix, cut = request.owner_prefix, len(request.call_id) + 1
+        payloads = _payloads([item[8] for item in claims])
+        for item, payload in zip(claims, payloads, strict=True):
+            _, mid, token, count, generation, due_ms, attempts, orphan, _ = item
+            kind, _, rest = mid.partition(":")
+            key = rest[: rest.rindex(":")]
+            claimed.append(
+                ClaimedDelivery(
+                    Delivery(mid, b"", (0, token), count),
+                    LeaseRef(kind, key, generation, prefix + token[cut:]),
+                    DueTimeout(kind, key, payload, to_datetime(due_ms), generation, attempts),
+                    orphan == "1",
+                )
+            )
+        self.fused_claims += len(claimed)
+        return out
+
+    def complete_and_ack(
+        self, transport: Transport, items: Sequence[tuple[LeaseRef, Delivery]]
+    ) -> list[SettleResult] | None:
+        """Complete each lease and remove the message of each completed one in one script
+        (store_complete_ack.lua), when ``transport`` is the Redis transport of this store's
+        queue (see fusion.py); None otherwise. A re-send answers 'completed' again."""
+        shard = self._fused_queue(transport)
+        if shard is None:
+            return None
+        if not items:
+            return []
+        replies = self.conn.batched(
+            "store_complete_ack.lua",
+            items,
+            lambda item: self._key(item[0].kind, item[0].key),
+            lambda item: (
+                item[0].generation,
+                item[0].owner,
+                item[1].message_id,
+                item[1].receipt[1],
+            ),
+            [],
+            extra_keys=shard.all(),
+        )
+        return [_SETTLE_RESULTS[r] for r in replies]
+
     # -- reading ---------------------------------------------------------------------------------
 
     def get(self, kind: str, key: str) -> Timeout | None:
@@ -368,7 +501,11 @@ class RedisStore(Store):
         self.conn.close()
 
     def stats(self) -> dict[str, int]:
-        return {**self.conn.stats(), "fused_messages": self.fused}
+        return {
+            **self.conn.stats(),
+            "fused_messages": self.fused,
+            "fused_claims": self.fused_claims,
+        }
 
 
 class _Unset:
@@ -421,6 +558,27 @@ def _payload_json(payload: Any) -> str:
 _NEEDS_MESSAGE = frozenset(r.value for r in ScheduleResult if r.needs_message)
 _SCHEDULE_RESULTS = {r.value: r for r in ScheduleResult}
 _CLAIM_RESULTS = {r.value: r for r in ClaimResult}
+_SETTLE_RESULTS = {r.value: r for r in SettleResult}
+
+
+def _payloads(texts: list[str]) -> list[Any]:
+    """Payload JSON texts decoded in one call (a call per payload cost more than building the
+    rest of the job). Every text is one JSON value our encoder wrote, so the joined array has
+    exactly one element per text; anything else is decoded one by one, which raises on the
+    text that is not JSON, as decoding a record does."""
+    if not texts:
+        return []
+    try:
+        values = json.loads(f"[{','.join(texts)}]")
+        if isinstance(values, list) and len(values) == len(texts):
+            return values
+    except ValueError:
+        pass
+    return [json.loads(text) for text in texts]
+
+
+def _json_text(values: Sequence[Any]) -> str:
+    return json.dumps(values, ensure_ascii=False, separators=(",", ":"))
 
 
 def _record(kind: str, key: str, reply: Sequence[Any], payload: Any) -> Timeout:

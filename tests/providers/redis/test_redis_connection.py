@@ -129,3 +129,22 @@ def test_close_releases_kept_connections(redis_url: str) -> None:
     assert conn._sock is not None
     store.close()
     assert conn._sock is None
+
+
+def test_a_bounded_pool_is_not_exhausted_by_kept_connections(redis_url: str) -> None:
+    """With ``max_connections`` set, a connection kept between script calls is one the client's
+    own commands (``get``, a script reload after NOSCRIPT, ``ping``) can never have: with one
+    connection allowed, every read after the first script call failed with "Too many
+    connections", and a server that forgot its scripts could never be recovered from."""
+    url = f"{redis_url}?prefix=c{uuid.uuid4().hex[:8]}&max_connections=1"
+    store = open_store(url, SYSTEM_CLOCK)
+    assert isinstance(store, RedisStore)
+    try:
+        assert _schedule(store, "a").result.value == "created"
+        record = store.get("k", "a")  # a plain redis-py command after a script call
+        assert record is not None and record.generation == 1
+        store.conn.client.script_flush()  # the server forgets the scripts: reload, re-run
+        assert _schedule(store, "b").result.value == "created"
+        store.ping()
+    finally:
+        store.close()

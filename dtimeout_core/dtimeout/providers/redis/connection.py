@@ -219,10 +219,21 @@ class RedisConnection:
             replies = conn.retry.call_with_retry(attempt, lambda _error: conn.disconnect())
         except BaseException:
             conn.disconnect()
-            self._idle.append(conn)
+            self._keep(conn)
             raise
-        self._idle.append(conn)
+        self._keep(conn)
         return list(replies)
+
+    def _keep(self, conn: Any) -> None:
+        """Keep ``conn`` for the next call; with ``max_connections`` set, hand it back to the
+        pool instead. A bounded pool is shared with the client's own commands (reads, a
+        script reload after NOSCRIPT, ping): connections parked here would starve them ("Too
+        many connections" for good once every allowed connection is kept)."""
+        client = self._client
+        if self.settings.max_connections is None or client is None:
+            self._idle.append(conn)
+        else:
+            client.connection_pool.release(conn)
 
     def _cluster_pipeline(
         self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]
@@ -401,7 +412,7 @@ class RedisConnection:
             conn.check_health()
         except BaseException:
             conn.disconnect()
-            self._idle.append(conn)
+            self._keep(conn)
             raise
         return self._give(conn, attempt)
 

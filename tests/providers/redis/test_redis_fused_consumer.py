@@ -425,3 +425,19 @@ def test_a_failed_settlement_keeps_the_jobs_and_is_tried_again(
         consumer.close()
     assert sorted(d.key for d in side.fired) == ["a0", "b0", "b1", "b2"]
     assert side.transport.counts() == {"due": 0, "inflight": 0}
+
+
+def test_a_receive_asking_for_more_than_the_transport_allows_gets_its_limit(
+    sides: tuple[Side, Side],
+) -> None:
+    """The script unpacks one id per message (Lua's stack holds a few thousand), so the ask is
+    held to the transport's own receive limit instead of failing."""
+    fused, _ = sides
+    limit = fused.transport.capabilities.max_receive_batch
+    timeouts = fused.timeouts()
+    timeouts.schedule_many(
+        [{"kind": KIND, "key": f"many{i}", "after": 0} for i in range(limit + 500)]
+    )
+    got = fused.store.receive_and_claim(fused.transport, _request("big", n=10 * limit))
+    assert got is not None
+    assert len(got.claimed) == limit

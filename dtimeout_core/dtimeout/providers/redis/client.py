@@ -14,7 +14,7 @@ from typing import Any
 from dtimeout.errors import ConfigurationError, DtimeoutError, MissingDependencyError
 from dtimeout.providers.redis.settings import RedisSettings
 
-INSTALL_HINT = "pip install 'redis>=5'"
+INSTALL_HINT = "pip install 'redis>=8'"
 
 
 def import_redis() -> Any:

@@ -355,7 +355,8 @@ class RedisStore(Store):
         assert isinstance(transport, RedisTransport)
         keys = [*shard.all(), shard.memo(request.call_id)]
         common = [
-            max(1, request.max_messages),
+            # the transport's own receive limit: the script unpacks one id per message
+            min(max(1, request.max_messages), transport.capabilities.max_receive_batch),
             max(1, request.lease_ms),
             request.call_id,
             request.owner_prefix,

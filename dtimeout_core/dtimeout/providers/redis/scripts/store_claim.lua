@@ -1,4 +1,4 @@
--- store_claim.lua: decide_claim (dtimeout/model.py) for each delivered message.
+-- store_claim.lua: decide_claim (dtimeout/model.py, _claim.lua) for each delivered message.
 -- KEYS[i]  the record of item i
 -- ARGV[1]  now ms, or '' to use the server's TIME
 -- ARGV[2]  JSON array, item i = [generation, due ms, payload JSON text (for an orphan) or '',
@@ -9,17 +9,6 @@
 -- or {'orphan'} when there is none, orphans fire and the payload was not sent: nothing was
 -- written and the caller claims that item again with its payload. (The payload matters only
 -- for an orphan, which is rare: not sending it saves encoding and bytes on every claim.)
-
-local function lease(key, cur, owner, lease_ms, retention)
-  cur.s = 'firing'
-  cur.a = cur.a + 1
-  cur.o = owner
-  cur.l = NOW + lease_ms
-  cur.u = NOW
-  cur.e = math.max(cur.e, math.max(cur.d, NOW) + retention)
-  save(key, cur, false)
-  return reply('claimed', cur, true)
-end
 
 local function claim(key, gen, due, payload, owner, lease_ms, max_attempts, policy, retention)
   local cur = load(key, true)
@@ -36,35 +25,7 @@ local function claim(key, gen, due, payload, owner, lease_ms, max_attempts, poli
     save(key, rec, true)
     return reply('claimed', rec, true)
   end
-  if cur.g ~= gen then
-    return reply('stale', cur, true)
-  end
-  if cur.s == 'cancelled' or cur.s == 'fired' or cur.s == 'dead' then
-    return reply(cur.s, cur, true)
-  end
-  if cur.s == 'pending' then
-    if cur.d > NOW then
-      return reply('not_due', cur, true)
-    end
-    return lease(key, cur, owner, lease_ms, retention)
-  end
-  -- FIRING
-  if cur.o == owner then
-    return reply('claimed', cur, true) -- a re-sent claim: same answer, same attempt
-  end
-  if cur.l > NOW then
-    return reply('busy', cur, true)
-  end
-  if cur.a >= max_attempts then
-    cur.s = 'dead'
-    cur.r = cur.r or 'lease expired after the last attempt'
-    cur.o = false
-    cur.l = 0
-    cur.u = NOW
-    save(key, cur, false)
-    return reply('dead', cur, true)
-  end
-  return lease(key, cur, owner, lease_ms, retention)
+  return reply(claim_record(key, cur, gen, owner, lease_ms, max_attempts, retention), cur, true)
 end
 
 local items = cjson.decode(ARGV[2])

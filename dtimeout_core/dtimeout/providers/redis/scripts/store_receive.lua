@@ -71,19 +71,8 @@ local function parse(id, body)
   return kind, key, tonumber(gen_s), tonumber(due_s), record_prefix .. kind .. ':' .. key .. '}'
 end
 
-local function lease(key, cur, owner)
-  cur.s = 'firing'
-  cur.a = cur.a + 1
-  cur.o = owner
-  cur.l = NOW + lease_ms
-  cur.u = NOW
-  cur.e = math.max(cur.e, math.max(cur.d, NOW) + retention)
-  save(key, cur, false)
-  return 'claimed', cur
-end
-
--- decide_claim as store_claim.lua, for a message without its payload: nil when there is no
--- record and orphans fire (the consumer claims it with the payload of the decoded body).
+-- decide_claim as store_claim.lua (_claim.lua), for a message without its payload: nil when
+-- there is no record and orphans fire (the consumer claims it with the decoded body's payload).
 local function claim(key, gen, owner)
   local cur = load(key, true)
   if not cur then
@@ -92,35 +81,7 @@ local function claim(key, gen, owner)
     end
     return nil
   end
-  if cur.g ~= gen then
-    return 'stale', cur
-  end
-  if cur.s == 'cancelled' or cur.s == 'fired' or cur.s == 'dead' then
-    return cur.s, cur
-  end
-  if cur.s == 'pending' then
-    if cur.d > NOW then
-      return 'not_due', cur
-    end
-    return lease(key, cur, owner)
-  end
-  -- FIRING
-  if cur.o == owner then
-    return 'claimed', cur -- a re-sent call: same answer, same attempt
-  end
-  if cur.l > NOW then
-    return 'busy', cur
-  end
-  if cur.a >= max_attempts then
-    cur.s = 'dead'
-    cur.r = cur.r or 'lease expired after the last attempt'
-    cur.o = false
-    cur.l = 0
-    cur.u = NOW
-    save(key, cur, false)
-    return 'dead', cur
-  end
-  return lease(key, cur, owner)
+  return claim_record(key, cur, gen, owner, lease_ms, max_attempts, retention), cur
 end
 
 local out = {NOW, -1}

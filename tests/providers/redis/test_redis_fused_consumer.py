@@ -1,5 +1,5 @@
 """Fused consumer steps: ``RedisStore.receive_and_claim`` (store_receive.lua) and
-``complete_and_ack`` (store_complete_ack.lua), and the consumer that uses them.
+``complete_and_ack`` (store_complete.lua, fused), and the consumer that uses them.
 
 The main check is a comparison: every claim outcome is set up twice, on a queue whose store
 fuses and on one that does not (``fuse=false``), a consumer runs one cycle and drains on each,

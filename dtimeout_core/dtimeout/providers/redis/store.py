@@ -22,7 +22,7 @@ operation and enqueues nothing more: the first run's message is already there.
 
 Fused consumer steps (``receive_and_claim``, ``complete_and_ack``; same condition): one script
 leases due messages and claims their records (store_receive.lua), another completes leases and
-removes their messages (store_complete_ack.lua). Redis does the same work as the separate
+removes their messages (store_complete.lua, fused). Redis does the same work as the separate
 scripts; the consumer saves decoding each body, building a claim per message and a round trip
 per step. A re-sent receive answers from a memo of what its first run leased.
 """
@@ -80,7 +80,6 @@ SCRIPTS = (
     "store_abandon.lua",
     "store_attach.lua",
     "store_receive.lua",
-    "store_complete_ack.lua",
 )
 _GET_FIELDS = (K.F_VALUES, K.F_PAYLOAD)
 _SCAN_COUNT = 1000
@@ -424,7 +423,7 @@ class RedisStore(Store):
         self, transport: Transport, items: Sequence[tuple[LeaseRef, Delivery]]
     ) -> list[SettleResult] | None:
         """Complete each lease and remove the message of each completed one in one script
-        (store_complete_ack.lua), when ``transport`` is the Redis transport of this store's
+        (store_complete.lua, fused), when ``transport`` is the Redis transport of this store's
         queue (see fusion.py); None otherwise. A re-send answers 'completed' again."""
         shard = self._fused_queue(transport)
         if shard is None:
@@ -432,7 +431,7 @@ class RedisStore(Store):
         if not items:
             return []
         replies = self.conn.batched(
-            "store_complete_ack.lua",
+            "store_complete.lua",
             items,
             lambda item: self._key(item[0].kind, item[0].key),
             lambda item: (
@@ -441,7 +440,7 @@ class RedisStore(Store):
                 item[1].message_id,
                 item[1].receipt[1],
             ),
-            [],
+            ["1"],
             extra_keys=shard.all(),
         )
         return [_SETTLE_RESULTS[r] for r in replies]

@@ -1,14 +1,23 @@
 -- store_complete.lua: decide_complete (dtimeout/model.py) for each lease.
--- KEYS[i]  the record of item i
+-- KEYS[i]  the record of item i, i = 1..n
 -- ARGV[1]  now ms, or '' to use the server's TIME
--- ARGV[2]  JSON array, item i = [generation, owner token]
+-- ARGV[2]  JSON array, item i = [generation, owner token] or, when fused, [generation, owner
+--          token, message id, lease token]
+-- ARGV[3]  '1' when fused (RedisStore.complete_and_ack, fusion.py): KEYS[n+1..n+6] are the
+--          queue shard's keys (due, inflight, body, count, lease, dead: keys.ShardKeys.all), and
+--          the message of every item answered 'completed' is removed as queue_ack.lua would,
+--          unless its lease token is no longer the message's (its lease expired and another
+--          consumer received it: that consumer settles it).
 -- Returns one JSON array (a single bulk reply parses far faster than nested ones):
 -- per item 'completed' or 'lost'. The owner stays on FIRED so a re-sent complete is
--- recognised and answered 'completed' again.
+-- recognised and answered 'completed' again (and, fused, removes nothing more).
 
 local items = cjson.decode(ARGV[2])
+local n = #items
+local fused = ARGV[3] == '1'
 local out = {}
-for i = 1, #KEYS do
+local ids, tokens = {}, {}
+for i = 1, n do
   local gen, owner = items[i][1], items[i][2]
   local cur = load(KEYS[i])
   if cur and cur.g == gen and cur.s == 'fired' and cur.o == owner then
@@ -21,6 +30,26 @@ for i = 1, #KEYS do
     out[i] = 'completed'
   else
     out[i] = 'lost'
+  end
+  if fused and out[i] == 'completed' then
+    ids[#ids + 1] = items[i][3]
+    tokens[#tokens + 1] = items[i][4]
+  end
+end
+if #ids > 0 then
+  local inflight, bodies, counts, leases = KEYS[n + 2], KEYS[n + 3], KEYS[n + 4], KEYS[n + 5]
+  local held = redis.call('HMGET', leases, unpack(ids))
+  local done = {}
+  for j, id in ipairs(ids) do
+    if held[j] == tokens[j] then
+      done[#done + 1] = id
+    end
+  end
+  if #done > 0 then
+    redis.call('ZREM', inflight, unpack(done))
+    redis.call('HDEL', bodies, unpack(done))
+    redis.call('HDEL', counts, unpack(done))
+    redis.call('HDEL', leases, unpack(done))
   end
 end
 return cjson.encode(out)

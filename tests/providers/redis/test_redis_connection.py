@@ -16,6 +16,7 @@ from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 
 from dtimeout.clock import SYSTEM_CLOCK
+from dtimeout.errors import TransientStoreError
 from dtimeout.interfaces import ScheduleRequest
 from dtimeout.providers.redis.connection import pack_command
 from dtimeout.providers.redis.plugin import open_store
@@ -146,5 +147,32 @@ def test_a_bounded_pool_is_not_exhausted_by_kept_connections(redis_url: str) -> 
         store.conn.client.script_flush()  # the server forgets the scripts: reload, re-run
         assert _schedule(store, "b").result.value == "created"
         store.ping()
+    finally:
+        store.close()
+
+
+def test_scripts_forgotten_again_right_after_the_reload_are_a_transient_error(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NOSCRIPT is answered by one reload and re-run; a server that forgets them again at once
+    (a restart or flush in progress) is transient, so a consumer backs off instead of dying,
+    and the next call reloads them."""
+    store = _store(redis_url)
+    try:
+        _schedule(store, "warm")
+        client = store.conn.client
+        real_load = client.script_load
+
+        def load_then_forget(source: str) -> str:
+            sha = real_load(source)
+            client.script_flush()
+            return str(sha)
+
+        client.script_flush()
+        monkeypatch.setattr(client, "script_load", load_then_forget)
+        with pytest.raises(TransientStoreError, match=r"[Ss]cript"):
+            _schedule(store, "x")
+        monkeypatch.undo()
+        assert _schedule(store, "x").result.value == "created"
     finally:
         store.close()

@@ -124,6 +124,9 @@ def translate(exc: BaseException, where: str, settings: RedisSettings, role: str
         rx.ReadOnlyError,
         rx.OutOfMemoryError,
         rx.RedisClusterException,
+        # NOSCRIPT here: the server forgot the scripts again right after they were reloaded (a
+        # restart or SCRIPT FLUSH in progress); nothing ran, and a later retry reloads them.
+        rx.NoScriptError,
         ConnectionError,
         TimeoutError,
     )

@@ -59,6 +59,7 @@ def _read(name: str) -> str:
 
 def script_source(name: str) -> str:
     """The full text of a script: the shared helpers it needs, then its own file."""
+    libs: tuple[str, ...]
     if name in _CLAIMING:
         libs = _LIB_CLAIM
     else:

@@ -34,8 +34,12 @@ if TYPE_CHECKING:
 
 _LIB_QUEUE = ("_now.lua",)
 _LIB_STORE = ("_now.lua", "_record.lua")
-_LIB_CLAIM = (*_LIB_STORE, "_claim.lua")  # the scripts that claim (the rule, written once)
-_CLAIMING = frozenset({"store_claim.lua", "store_receive.lua"})
+# Helpers only some scripts need, written once: the claim rule and the idle consumer's wait.
+_LIB_EXTRA = {
+    "store_claim.lua": ("_claim.lua",),
+    "store_receive.lua": ("_claim.lua", "_receive.lua"),
+    "queue_receive.lua": ("_receive.lua",),
+}
 # Largest number of items one script call carries: bounds how long Redis is busy with one call.
 CHUNK = 500
 # Smallest chunk a streamed batch is cut into (see RedisConnection._stream).
@@ -59,11 +63,7 @@ def _read(name: str) -> str:
 
 def script_source(name: str) -> str:
     """The full text of a script: the shared helpers it needs, then its own file."""
-    libs: tuple[str, ...]
-    if name in _CLAIMING:
-        libs = _LIB_CLAIM
-    else:
-        libs = _LIB_STORE if name.startswith("store_") else _LIB_QUEUE
+    libs = (*(_LIB_STORE if name.startswith("store_") else _LIB_QUEUE), *_LIB_EXTRA.get(name, ()))
     return "\n".join([*(_read(lib) for lib in libs), _read(name)])
 
 

@@ -70,15 +70,6 @@ if n < max then
   hand_out(ids, false)
 end
 if n == 0 then
-  local first = redis.call('ZRANGE', due_key, 0, 0, 'WITHSCORES')
-  local leased = redis.call('ZRANGE', inflight, 0, 0, 'WITHSCORES')
-  local next_ = -1
-  if first[2] then
-    next_ = tonumber(first[2])
-  end
-  if leased[2] and (next_ < 0 or tonumber(leased[2]) < next_) then
-    next_ = tonumber(leased[2])
-  end
-  out[2] = next_
+  out[2] = next_due(due_key, inflight)
 end
 return cjson.encode(out)

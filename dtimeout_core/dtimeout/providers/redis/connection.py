@@ -34,11 +34,14 @@ if TYPE_CHECKING:
 
 _LIB_QUEUE = ("_now.lua",)
 _LIB_STORE = ("_now.lua", "_record.lua")
-# Helpers only some scripts need, written once: the claim rule and the idle consumer's wait.
+# Helpers only some scripts need, written once: the claim rule, the idle consumer's wait, and
+# the removal of settled messages.
 _LIB_EXTRA = {
     "store_claim.lua": ("_claim.lua",),
     "store_receive.lua": ("_claim.lua", "_receive.lua"),
     "queue_receive.lua": ("_receive.lua",),
+    "store_complete.lua": ("_ack.lua",),
+    "queue_ack.lua": ("_ack.lua",),
 }
 # Largest number of items one script call carries: bounds how long Redis is busy with one call.
 CHUNK = 500

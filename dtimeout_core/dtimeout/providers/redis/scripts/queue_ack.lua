@@ -7,26 +7,10 @@
 -- another consumer received it) removes nothing: that consumer settles it. One command per key
 -- for the whole batch, not per message: Redis charges per call.
 
-local inflight, bodies, counts, leases = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local args = cjson.decode(ARGV[2])
-local ids = {}
+local ids, tokens = {}, {}
 for b = 1, #args, 2 do
   ids[#ids + 1] = args[b]
+  tokens[#tokens + 1] = args[b + 1]
 end
-if #ids == 0 then
-  return 0
-end
-local held = redis.call('HMGET', leases, unpack(ids))
-local done = {}
-for i, id in ipairs(ids) do
-  if held[i] == args[2 * i] then
-    done[#done + 1] = id
-  end
-end
-if #done > 0 then
-  redis.call('ZREM', inflight, unpack(done))
-  redis.call('HDEL', bodies, unpack(done))
-  redis.call('HDEL', counts, unpack(done))
-  redis.call('HDEL', leases, unpack(done))
-end
-return #done
+return ack(KEYS, ids, tokens)

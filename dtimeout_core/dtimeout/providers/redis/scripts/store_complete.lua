@@ -37,19 +37,6 @@ for i = 1, n do
   end
 end
 if #ids > 0 then
-  local inflight, bodies, counts, leases = KEYS[n + 2], KEYS[n + 3], KEYS[n + 4], KEYS[n + 5]
-  local held = redis.call('HMGET', leases, unpack(ids))
-  local done = {}
-  for j, id in ipairs(ids) do
-    if held[j] == tokens[j] then
-      done[#done + 1] = id
-    end
-  end
-  if #done > 0 then
-    redis.call('ZREM', inflight, unpack(done))
-    redis.call('HDEL', bodies, unpack(done))
-    redis.call('HDEL', counts, unpack(done))
-    redis.call('HDEL', leases, unpack(done))
-  end
+  ack({unpack(KEYS, n + 1, n + 6)}, ids, tokens)
 end
 return cjson.encode(out)

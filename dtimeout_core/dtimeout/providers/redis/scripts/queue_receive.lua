@@ -11,63 +11,36 @@
 -- Messages whose lease expired are handed out first, then due ones; nothing with a due time
 -- after now is ever handed out.
 
-local due_key, inflight, bodies, counts, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local due_key, inflight, counts, leases = KEYS[1], KEYS[2], KEYS[4], KEYS[5]
 local max = tonumber(ARGV[2])
 local deadline = I(NOW + tonumber(ARGV[3]))
 local out = {NOW, -1}
-local n = 0
 
 -- Deliveries so far live in the count hash only when not implied (keys.py): absent means 0 for
 -- a waiting message and 1 for a leased one, so a first delivery writes no count at all.
-local function hand_out(ids, leased_before)
-  if #ids == 0 then
-    return
+local lease_pairs, token_pairs, count_pairs = {}, {}, {}
+local n = pick_due(KEYS, max, function(id, body, known, leased_before, i)
+  local token = ARGV[4] .. ':' .. i
+  local count = (known and tonumber(known) or (leased_before and 1 or 0)) + 1
+  if count > 1 then
+    count_pairs[#count_pairs + 1] = id
+    count_pairs[#count_pairs + 1] = count
   end
-  local found = redis.call('HMGET', bodies, unpack(ids))
-  local known = redis.call('HMGET', counts, unpack(ids))
-  local implied = leased_before and 1 or 0
-  local lease_pairs, token_pairs, count_pairs = {}, {}, {}
-  for i, id in ipairs(ids) do
-    if found[i] then
-      n = n + 1
-      local token = ARGV[4] .. ':' .. n
-      local count = (known[i] and tonumber(known[i]) or implied) + 1
-      if count > 1 then
-        count_pairs[#count_pairs + 1] = id
-        count_pairs[#count_pairs + 1] = count
-      end
-      lease_pairs[#lease_pairs + 1] = deadline
-      lease_pairs[#lease_pairs + 1] = id
-      token_pairs[#token_pairs + 1] = id
-      token_pairs[#token_pairs + 1] = token
-      out[#out + 1] = id
-      out[#out + 1] = found[i]
-      out[#out + 1] = count
-      out[#out + 1] = token
-    else
-      -- no body (removed under us): drop the dangling index entries
-      redis.call('ZREM', inflight, id)
-      redis.call('HDEL', counts, id)
-      redis.call('HDEL', leases, id)
-    end
-  end
-  if #lease_pairs > 0 then
-    redis.call('ZADD', inflight, unpack(lease_pairs))
-    redis.call('HSET', leases, unpack(token_pairs))
-  end
-  if #count_pairs > 0 then
-    redis.call('HSET', counts, unpack(count_pairs))
-  end
+  lease_pairs[#lease_pairs + 1] = deadline
+  lease_pairs[#lease_pairs + 1] = id
+  token_pairs[#token_pairs + 1] = id
+  token_pairs[#token_pairs + 1] = token
+  out[#out + 1] = id
+  out[#out + 1] = body
+  out[#out + 1] = count
+  out[#out + 1] = token
+end)
+if #lease_pairs > 0 then
+  redis.call('ZADD', inflight, unpack(lease_pairs))
+  redis.call('HSET', leases, unpack(token_pairs))
 end
-
--- expired leases first: the oldest work comes back as due
-hand_out(redis.call('ZRANGEBYSCORE', inflight, '-inf', NOW, 'LIMIT', 0, max), true)
-if n < max then
-  local ids = redis.call('ZRANGEBYSCORE', due_key, '-inf', NOW, 'LIMIT', 0, max - n)
-  if #ids > 0 then
-    redis.call('ZREM', due_key, unpack(ids))
-  end
-  hand_out(ids, false)
+if #count_pairs > 0 then
+  redis.call('HSET', counts, unpack(count_pairs))
 end
 if n == 0 then
   out[2] = next_due(due_key, inflight)

@@ -149,25 +149,6 @@ local function deliver(id, body, known, held, fresh, i)
   end
 end
 
-local function hand_out(ids, held)
-  if #ids == 0 then
-    return
-  end
-  local found = redis.call('HMGET', bodies, unpack(ids))
-  local known = redis.call('HMGET', counts, unpack(ids))
-  for i, id in ipairs(ids) do
-    if found[i] then
-      n = n + 1
-      deliver(id, found[i], known[i], held, true, n)
-    else
-      -- no body (removed under us): drop the dangling index entries
-      redis.call('ZREM', inflight, id)
-      redis.call('HDEL', counts, id)
-      redis.call('HDEL', leases, id)
-    end
-  end
-end
-
 local memo_raw = redis.call('GET', memo)
 if memo_raw then
   -- a re-sent call: answer again for what the first run leased and this call still holds
@@ -182,15 +163,9 @@ if memo_raw then
     end
   end
 else
-  -- expired leases first: the oldest work comes back as due
-  hand_out(redis.call('ZRANGEBYSCORE', inflight, '-inf', NOW, 'LIMIT', 0, max), true)
-  if n < max then
-    local ids = redis.call('ZRANGEBYSCORE', due_key, '-inf', NOW, 'LIMIT', 0, max - n)
-    if #ids > 0 then
-      redis.call('ZREM', due_key, unpack(ids))
-    end
-    hand_out(ids, false)
-  end
+  n = pick_due(KEYS, max, function(id, body, known, held, i)
+    deliver(id, body, known, held, true, i)
+  end)
 end
 
 -- one command per key for the whole call: Redis charges per command

@@ -174,6 +174,33 @@ def _malformed(side: Side, t: Timeouts) -> None:
     side.send_raw(f"{KIND}:bad:1", b'{"v":1,"kind":"k","key":"bad","generation":1,"due_at":x}')
 
 
+def _payload_malformed(side: Side, t: Timeouts) -> None:
+    """A record that claims, but a body that is ours up to the payload and no JSON after it."""
+    t.schedule(KIND, "a", after=timedelta(seconds=1), payload={"n": 1})
+    due = side.store.get(KIND, "a").due_at_ms  # type: ignore[union-attr]
+    head = f'{{"v":1,"kind":"k","key":"a","generation":1,"due_at":{due},"payload":'
+    client = side.store.conn.client
+    client.hset(side.transport.shards[0].body, f"{KIND}:a:1", head.encode() + b"{nope}")
+    side.clock.advance(2)
+
+
+def _stale_payload_malformed(side: Side, t: Timeouts) -> None:
+    """A stale message whose body is ours up to a broken payload: dead either way."""
+    _stale(side, t)
+    head = '{"v":1,"kind":"k","key":"a","generation":1,"due_at":1,"payload":'
+    client = side.store.conn.client
+    client.hset(side.transport.shards[0].body, f"{KIND}:a:1", head.encode() + b"[")
+
+
+def _payload_differs(side: Side, t: Timeouts) -> None:
+    """A body whose payload is JSON but not the record's: the usual path decides."""
+    t.schedule(KIND, "a", after=timedelta(seconds=1), payload={"n": 1})
+    due = side.store.get(KIND, "a").due_at_ms  # type: ignore[union-attr]
+    body = TimeoutMessage(KIND, "a", 1, due, {"n": 2}).encode()
+    side.store.conn.client.hset(side.transport.shards[0].body, f"{KIND}:a:1", body)
+    side.clock.advance(2)
+
+
 def _not_ours(side: Side, t: Timeouts) -> None:
     side.send_raw("whatever", b"\xff\xfenot json")
 
@@ -229,6 +256,9 @@ SCENARIOS: dict[str, tuple[Callable[[Side, Timeouts], None], dict[str, Any]]] = 
     "orphan_fires": (_orphan, {"orphans": "fire"}),
     "malformed": (_malformed, {}),
     "not_ours": (_not_ours, {}),
+    "payload_malformed": (_payload_malformed, {}),
+    "payload_differs": (_payload_differs, {}),
+    "stale_payload_malformed": (_stale_payload_malformed, {}),
     "unknown_kind": (_unknown_kind, {}),
     "odd_identity": (_odd_identity, {}),
     "redelivered": (_redelivered, {}),

@@ -22,7 +22,8 @@
 --       claimed: the record is FIRING under this call's owner; the message stays leased
 --   {'p', id, body, deliveries, token}
 --       leased only, for the consumer's usual path (decode, claim, route): a body that is not
---       byte for byte what our writers produce (TimeoutMessage.encode), a kind without handler,
+--       byte for byte what our writers produce (TimeoutMessage.encode) around the record's own
+--       payload (so a hand-made or damaged body is judged by Python), a kind without handler,
 --       an orphan (no record) the consumer may fire — it needs the payload, which only a
 --       decoded body gives exactly. Nothing was written for it besides the lease.
 --   {'d', id, answer}  stale|cancelled|fired|missing: the message was removed (queue_ack.lua)
@@ -45,8 +46,9 @@ end
 local record_prefix, head_v = ARGV[10], ARGV[11]
 local MIN_REQUEUE_MS, BUSY_EXTRA_MS = 10, 50
 
--- kind, key, generation, due and record key of a message whose body is exactly what
--- TimeoutMessage.encode writes for its id, else nil (the consumer's path decides).
+-- kind, key, generation, due, record key and payload text of a message whose body is exactly
+-- what TimeoutMessage.encode writes for its id, else nil (the consumer's path decides). The
+-- payload text is checked against the record's in claim().
 local function parse(id, body)
   local colon = string.find(id, ':', 1, true)
   local gen_s = string.match(id, ':([1-9]%d*)$')
@@ -68,17 +70,23 @@ local function parse(id, body)
   if not due_s or #due_s > 15 or (#due_s > 1 and string.sub(due_s, 1, 1) == '0') then
     return nil
   end
-  return kind, key, tonumber(gen_s), tonumber(due_s), record_prefix .. kind .. ':' .. key .. '}'
+  local payload = string.sub(body, #head + #due_s + 12, -2) -- 12 = #',"payload":' + 1
+  return kind, key, tonumber(gen_s), tonumber(due_s), record_prefix .. kind .. ':' .. key .. '}',
+    payload
 end
 
 -- decide_claim as store_claim.lua (_claim.lua), for a message without its payload: nil when
--- there is no record and orphans fire (the consumer claims it with the decoded body's payload).
-local function claim(key, gen, owner)
+-- there is no record and orphans fire (the consumer claims it with the decoded body's payload),
+-- or when the body's payload is not the record's (a body we did not write: Python judges it).
+local function claim(key, gen, owner, payload)
   local cur = load(key, true)
   if not cur then
     if policy == 'drop' then
       return 'missing', nil
     end
+    return nil
+  end
+  if cur.p ~= payload then -- also for another generation: a malformed body is dead either way
     return nil
   end
   return claim_record(key, cur, gen, owner, lease_ms, max_attempts, retention), cur
@@ -97,10 +105,10 @@ local function deliver(id, body, known, held, fresh, i)
   local before = known and tonumber(known) or (held and 1 or 0) -- deliveries so far
   local count = fresh and before + 1 or before
   local tok = token .. ':' .. i
-  local kind, key, gen, due, rkey = parse(id, body)
+  local kind, key, gen, due, rkey, payload = parse(id, body)
   local answer, rec
   if kind then
-    answer, rec = claim(rkey, gen, owner_prefix .. i)
+    answer, rec = claim(rkey, gen, owner_prefix .. i, payload)
   end
   if answer == 'claimed' then
     out[#out + 1] = {'c', id, tok, count, rec.g, rec.d, rec.a, rec.f or '', rec.p or 'null'}

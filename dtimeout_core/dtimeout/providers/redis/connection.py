@@ -95,6 +95,8 @@ class RedisConnection:
         # redis-py connections checked out of the client's pool and kept between calls (_take)
         self._idle: deque[Any] = deque()
         _LIVE.add(self)
+        # counted from the consumer's loop and its settler thread alike, hence the lock
+        self._tally_lock = threading.Lock()
         self.round_trips = 0
         self.commands = 0
         self._redis = import_redis()
@@ -139,8 +141,7 @@ class RedisConnection:
             return self.run_many([(name, keys, args)])[0]
         with self.errors(name):  # the cluster client follows redirects and reloads scripts
             script = self.script(name)
-            self.round_trips += 1
-            self.commands += 1
+            self.tally(1)
             return script(keys=list(keys), args=list(args))
 
     def run_many(self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]) -> list[Any]:
@@ -171,8 +172,7 @@ class RedisConnection:
         packed = b"".join(
             self._pack_evalsha(self.script(name).sha, keys, args) for name, keys, args in calls
         )
-        self.round_trips += 1
-        self.commands += len(calls)
+        self.tally(len(calls))
         return self._exchange(packed, len(calls))
 
     def _pack_evalsha(self, sha: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
@@ -265,8 +265,7 @@ class RedisConnection:
             for index in members:
                 name, keys, args = calls[index]
                 pipe.evalsha(self.script(name).sha, len(keys), *keys, *args)
-            self.round_trips += 1
-            self.commands += len(members)
+            self.tally(len(members))
             try:
                 replies = list(pipe.execute(raise_on_error=False))
             except (rx.ConnectionError, rx.TimeoutError) as exc:
@@ -280,8 +279,7 @@ class RedisConnection:
                 and str(reply).startswith(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"))
             ):
                 name, keys, args = calls[index]
-                self.round_trips += 1
-                self.commands += 1
+                self.tally(1)
                 results[index] = self.script(name)(keys=list(keys), args=list(args))
         return results
 
@@ -401,8 +399,7 @@ class RedisConnection:
         reply as it arrives; error replies come back as exception objects, in place."""
         conn = self._take()
         response_error = self._redis.exceptions.ResponseError
-        self.round_trips += 1
-        self.commands += count
+        self.tally(count)
 
         def attempt() -> list[Any]:
             for packet in packets():
@@ -439,8 +436,15 @@ class RedisConnection:
             with contextlib.suppress(Exception):
                 client.close()
 
+    def tally(self, commands: int) -> None:
+        """Count one round trip carrying ``commands`` commands (for ``stats`` and the bench)."""
+        with self._tally_lock:
+            self.round_trips += 1
+            self.commands += commands
+
     def stats(self) -> dict[str, int]:
-        return {"round_trips": self.round_trips, "commands": self.commands}
+        with self._tally_lock:
+            return {"round_trips": self.round_trips, "commands": self.commands}
 
 
 def pack_command(*args: str | bytes | int) -> bytes:

@@ -449,7 +449,7 @@ class RedisStore(Store):
 
     def get(self, kind: str, key: str) -> Timeout | None:
         with self.conn.errors("get"):
-            self.conn.round_trips += 1
+            self.conn.tally(1)
             values = self.conn.client.hmget(self._key(kind, key), _GET_FIELDS)
         return self._from_fields(kind, key, values)
 
@@ -481,7 +481,7 @@ class RedisStore(Store):
                 pipe = client.pipeline(transaction=False)
                 for name in chunk:
                     pipe.hmget(name, _GET_FIELDS)
-                self.conn.round_trips += 1
+                self.conn.tally(len(chunk))
                 for name, values in zip(chunk, pipe.execute(), strict=True):
                     identity = K.identity_of(self.prefix, name)
                     if identity is None:

@@ -199,6 +199,21 @@ def test_check_exits_1_when_unreachable_and_masks_the_password(cli: Run) -> None
     assert result.err.strip() == "dtimeout: error: cannot reach the store"
 
 
+def test_check_asks_both_and_keeps_their_order(cli: Run) -> None:
+    down = f"redis://127.0.0.1:{free_port()}/0?retries=0&connect_timeout=0.5"
+    result = cli("--transport", down, "--store", down + "&prefix=other", "check", "--json")
+    assert result.code == 1
+    assert [(r["role"], r["ok"]) for r in result.json] == [("transport", False), ("store", False)]
+    assert result.err.strip() == "dtimeout: error: cannot reach the transport and the store"
+
+
+def test_check_a_wrong_url_wins_over_an_unreachable_one(cli: Run) -> None:
+    down = f"redis://127.0.0.1:{free_port()}/0?retries=0&connect_timeout=0.5"
+    result = cli("--transport", down, "--store", "redis://127.0.0.1/0?bogus=1", "check")
+    assert result.code == 2
+    assert "unknown Redis URL option 'bogus'" in result.err
+
+
 def test_version(cli: Run) -> None:
     result = cli("--version")
     assert (result.code, result.out.strip()) == (0, f"dtimeout {dtimeout.__version__}")

@@ -9,6 +9,7 @@ the name ``DTIMEOUT_DISABLE_PLUGINS`` takes.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 import typer
@@ -87,8 +88,9 @@ def check(
     state = get_state(ctx)
     settings = state.settings
     registry = state.registry
-    results: list[dict[str, Any]] = []
-    for role, url in (("transport", settings.transport), ("store", settings.store)):
+    roles = (("transport", settings.transport), ("store", settings.store))
+
+    def probe(role: str, url: str) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "role": role,
             "url": mask_url(url),
@@ -111,7 +113,13 @@ def check(
             entry.update(ok=False, error=one_line(str(exc)))
         else:
             entry.update(ok=True, ms=round((time.perf_counter() - started) * 1000, 1))
-        results.append(entry)
+        return entry
+
+    # Both at once: an unreachable server costs its client's whole retry budget, and waiting
+    # for one before asking the other would double it. A wrong URL (transport first) wins.
+    with ThreadPoolExecutor(max_workers=len(roles), thread_name_prefix="check") as pool:
+        futures = [pool.submit(probe, role, url) for role, url in roles]
+    results = [future.result() for future in futures]
     if as_json:
         print_json(results)
     else:

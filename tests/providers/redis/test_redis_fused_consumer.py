@@ -73,6 +73,15 @@ class Side:
     def send_raw(self, message_id: str, body: bytes, after_ms: int = 0) -> None:
         self.transport.send([OutgoingMessage(message_id, body, self.clock.now_ms() + after_ms)])
 
+    def replace_body(self, key: str, tail: bytes) -> None:
+        """Overwrite the queued body of KIND KEY generation 1: our head up to the payload (due
+        as the record has it), then ``tail`` in place of the payload and closing brace."""
+        record = self.store.get(KIND, key)
+        assert record is not None
+        head = f'{{"v":1,"kind":"{KIND}","key":"{key}","generation":1,"due_at":{record.due_at_ms},'
+        body = head.encode() + b'"payload":' + tail
+        self.store.conn.client.hset(self.transport.shards[0].body, f"{KIND}:{key}:1", body)
+
     def state(self) -> dict[str, Any]:
         """Records and queue, with what differs by construction (tokens, owners, operation
         ids, the fused path's memo) masked."""
@@ -177,27 +186,20 @@ def _malformed(side: Side, t: Timeouts) -> None:
 def _payload_malformed(side: Side, t: Timeouts) -> None:
     """A record that claims, but a body that is ours up to the payload and no JSON after it."""
     t.schedule(KIND, "a", after=timedelta(seconds=1), payload={"n": 1})
-    due = side.store.get(KIND, "a").due_at_ms  # type: ignore[union-attr]
-    head = f'{{"v":1,"kind":"k","key":"a","generation":1,"due_at":{due},"payload":'
-    client = side.store.conn.client
-    client.hset(side.transport.shards[0].body, f"{KIND}:a:1", head.encode() + b"{nope}")
+    side.replace_body("a", b"{nope}}")
     side.clock.advance(2)
 
 
 def _stale_payload_malformed(side: Side, t: Timeouts) -> None:
     """A stale message whose body is ours up to a broken payload: dead either way."""
     _stale(side, t)
-    head = '{"v":1,"kind":"k","key":"a","generation":1,"due_at":1,"payload":'
-    client = side.store.conn.client
-    client.hset(side.transport.shards[0].body, f"{KIND}:a:1", head.encode() + b"[")
+    side.replace_body("a", b"[}")  # closed like ours, so only the payload check stops it
 
 
 def _payload_differs(side: Side, t: Timeouts) -> None:
     """A body whose payload is JSON but not the record's: the usual path decides."""
     t.schedule(KIND, "a", after=timedelta(seconds=1), payload={"n": 1})
-    due = side.store.get(KIND, "a").due_at_ms  # type: ignore[union-attr]
-    body = TimeoutMessage(KIND, "a", 1, due, {"n": 2}).encode()
-    side.store.conn.client.hset(side.transport.shards[0].body, f"{KIND}:a:1", body)
+    side.replace_body("a", b'{"n":2}}')
     side.clock.advance(2)
 
 

@@ -46,9 +46,9 @@ end
 local record_prefix, head_v = ARGV[10], ARGV[11]
 local MIN_REQUEUE_MS, BUSY_EXTRA_MS = 10, 50
 
--- kind, key, generation, due, record key and payload text of a message whose body is exactly
--- what TimeoutMessage.encode writes for its id, else nil (the consumer's path decides). The
--- payload text is checked against the record's in claim().
+-- Generation, record key and payload text of a message whose body is exactly what
+-- TimeoutMessage.encode writes for its id, else nil (the consumer's path decides). The payload
+-- text is checked against the record's in claim().
 local function parse(id, body)
   local colon = string.find(id, ':', 1, true)
   local gen_s = string.match(id, ':([1-9]%d*)$')
@@ -63,16 +63,14 @@ local function parse(id, body)
   end
   local head = head_v .. '"' .. kind .. '","key":"' .. key .. '","generation":' .. gen_s
     .. ',"due_at":'
-  if string.sub(body, 1, #head) ~= head or string.sub(body, -1) ~= '}' then
+  if string.sub(body, 1, #head) ~= head then
     return nil
   end
-  local due_s = string.match(body, '^(%d+),"payload":', #head + 1)
+  local due_s, payload = string.match(body, '^(%d+),"payload":(.*)}$', #head + 1)
   if not due_s or #due_s > 15 or (#due_s > 1 and string.sub(due_s, 1, 1) == '0') then
     return nil
   end
-  local payload = string.sub(body, #head + #due_s + 12, -2) -- 12 = #',"payload":' + 1
-  return kind, key, tonumber(gen_s), tonumber(due_s), record_prefix .. kind .. ':' .. key .. '}',
-    payload
+  return tonumber(gen_s), record_prefix .. kind .. ':' .. key .. '}', payload
 end
 
 -- decide_claim as store_claim.lua (_claim.lua), for a message without its payload: nil when
@@ -105,9 +103,9 @@ local function deliver(id, body, known, held, fresh, i)
   local before = known and tonumber(known) or (held and 1 or 0) -- deliveries so far
   local count = fresh and before + 1 or before
   local tok = token .. ':' .. i
-  local kind, key, gen, due, rkey, payload = parse(id, body)
+  local gen, rkey, payload = parse(id, body)
   local answer, rec
-  if kind then
+  if gen then
     answer, rec = claim(rkey, gen, owner_prefix .. i, payload)
   end
   if answer == 'claimed' then
